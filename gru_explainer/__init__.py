@@ -1,6 +1,15 @@
-"""GRU Gradient Explainer: where gradients go inside recurrent networks (stacked outputs vs hidden states)."""
+"""GRU Gradient Explainer: where gradients go inside recurrent networks (stacked outputs vs hidden states).
+
+    from gru_explainer import ExplainConfig, explain
+    report = explain(ExplainConfig(cell="gru", num_layers=2, target="y[:, -1].sum()"))
+    report.stacked_grad   # ∂target/∂y: zero where y is not read (the seed's puzzle)
+    report.hidden_grad    # total d target/d h_t for every layer, direction and step
+    print(report.verdict())
+"""
 
 from .config import ExplainConfig, Limits, available_devices
 from .errors import ConfigError, TargetError
+from .explain import explain
+from .report import GradientReport
 
-__all__ = ["ConfigError", "ExplainConfig", "Limits", "TargetError", "available_devices"]
+__all__ = ["ConfigError", "ExplainConfig", "GradientReport", "Limits", "TargetError", "available_devices", "explain"]

@@ -1,0 +1,239 @@
+"""`explain(cfg)`: one config in, one `GradientReport` out (one backward pass per engine).
+
+Engines:
+- "fused" (default, fast): the fused module's forward gives every state; the target's direct derivatives
+  come from autograd on the outputs alone; the adjoint recursion (`adjoint.py`) turns them into the total
+  derivatives of every h_t / c_t and of the input.
+- "twin": the unrolled twin (`models.UnrolledTwin`) runs with autograd and ONE `torch.autograd.grad` call
+  collects the gradient of every per-step state. Slower; an independent check of the fused engine.
+
+Structural zeros are decided from the graph (what the target reads, causality, direction), never from a
+numeric zero: vanishing gradients underflow to exact zeros, which the report flags separately.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .adjoint import layer_adjoint
+from .config import ENGINES, ExplainConfig, Limits, resolve_device
+from .errors import ConfigError, TargetError
+from .models import SeedAnswerGRU, UnrolledTwin, build, cell_kind, layer_params, single_layer_view
+from .report import GradientReport
+from .target import Target, parse_target
+
+
+def target_shapes(cfg: ExplainConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors the target language can name for this config."""
+    batch, steps, hidden, stacks = cfg.batch_size, cfg.seq_len, cfg.hidden_size, cfg.num_layers * cfg.num_directions
+    shapes = {"y": (batch, steps, cfg.num_directions * hidden), "h_n": (stacks, batch, hidden)}
+    if cfg.cell == "lstm":
+        shapes["c_n"] = (stacks, batch, hidden)
+    if cfg.head == "linear":
+        shapes["out"] = (batch, cfg.head_size, 1)
+    return shapes
+
+
+def compile_target(cfg: ExplainConfig) -> Target:
+    """Parse and shape-check cfg.target for this config; raises TargetError naming the problem."""
+    target = parse_target(cfg.target)
+    shapes = target_shapes(cfg)
+    if "c_n" in target.names and "c_n" not in shapes:
+        raise TargetError(f"c_n (the final cell state) exists only for cell 'lstm', not {cfg.cell!r}")
+    if "out" in target.names and "out" not in shapes:
+        raise TargetError("out (the head output) exists only with head 'linear'; this config has head 'none'")
+    target.check(shapes)
+    return target
+
+
+def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None = None) -> GradientReport:
+    """Compute where the gradient of cfg.target goes: stacked outputs, hidden/cell states and inputs.
+
+    Raises ConfigError / TargetError (both ValueErrors) for invalid input, before allocating anything.
+    """
+    if not isinstance(cfg, ExplainConfig):
+        raise ConfigError(f"explain() needs an ExplainConfig, got {type(cfg).__name__}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    cfg.validate(limits)
+    target = compile_target(cfg)
+    device = resolve_device(cfg.device)
+    built = build(cfg, device)
+    if isinstance(built.module, SeedAnswerGRU):
+        engine = "twin"  # the answer's model is unrolled by construction: its states are graph nodes already
+        raw = _run_answer(built.module, built.head, built.inputs, target)
+    elif engine == "twin":
+        raw = _run_twin(built.module, built.head, built.inputs, target)
+    else:
+        raw = _run_fused(built.module, built.head, built.inputs, target)
+    masks = structural_masks(cfg, target)
+    cpu = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in raw.items()}
+    return GradientReport(
+        config=cfg,
+        engine=engine,
+        device=str(device),
+        module=built.module,
+        head=built.head,
+        inputs=built.inputs.detach().cpu(),
+        output=cpu["y"],
+        target_value=float(cpu["target"]),
+        stacked_grad=cpu["stacked_grad"],
+        input_grad=cpu["input_grad"],
+        hidden_grad=cpu["hidden_grad"],
+        cell_grad=cpu["cell_grad"],
+        grads={k: v.detach().cpu() for k, v in raw["grads"].items()},
+        **masks,
+    )
+
+
+def _named_grads(target_value: Tensor, named: dict[str, Tensor], extra: list[Tensor]) -> tuple[dict, list]:
+    """ONE autograd.grad call for the named tensors plus `extra`; unused inputs get zero gradients."""
+    inputs = list(named.values()) + extra
+    grads = torch.autograd.grad(target_value, inputs, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+    return dict(zip(named, grads[: len(named)], strict=True)), grads[len(named):]
+
+
+def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
+    kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
+    hidden, layers = module.hidden_size, module.num_layers
+    # 1. Fused forward, layer by layer (each layer's output is the next one's input; cheap, no graph).
+    with torch.no_grad():
+        layer_outputs, h_finals, c_finals = [], [], []
+        layer_input = x
+        for layer in range(layers):
+            out, finals = single_layer_view(module, layer)(layer_input)
+            if kind == "lstm":
+                finals, c_final = finals
+                c_finals.append(c_final)
+            layer_outputs.append(out)
+            h_finals.append(finals)
+            layer_input = out
+    y = layer_outputs[-1]
+    # 2. The target's direct derivatives: autograd on the outputs alone (leaves), head included.
+    named = {"y": y.detach().requires_grad_(), "h_n": torch.cat(h_finals).requires_grad_()}
+    if kind == "lstm":
+        named["c_n"] = torch.cat(c_finals).requires_grad_()
+    with torch.enable_grad():
+        if head is not None:
+            named["out"] = head(named["y"])
+        value = target.evaluate(named)
+        grads, _ = _named_grads(value, named, [])
+    # 3. The adjoint recursion, top layer first; each layer hands its input gradient to the layer below.
+    with torch.no_grad():
+        shape = (layers, num_dirs, x.shape[0], x.shape[1], hidden)
+        hidden_grad = x.new_zeros(shape)
+        cell_grad = x.new_zeros(shape) if kind == "lstm" else None
+        direct = grads["y"].transpose(0, 1)  # [T, B, D*H], original time order
+        for layer in range(layers - 1, -1, -1):
+            layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
+            input_grad = None
+            for d in range(num_dirs):
+                order = _order(d)
+                cols = slice(d * hidden, (d + 1) * hidden)
+                index = layer * num_dirs + d
+                result = layer_adjoint(
+                    kind, order(layer_in), order(layer_outputs[layer].transpose(0, 1)[..., cols]),
+                    layer_params(module, layer, d), order(direct[..., cols]), grads["h_n"][index],
+                    grads["c_n"][index] if kind == "lstm" else None)
+                hidden_grad[layer, d] = order(result.hidden_grad).transpose(0, 1)
+                if cell_grad is not None:
+                    cell_grad[layer, d] = order(result.cell_grad).transpose(0, 1)
+                input_grad = order(result.input_grad) if input_grad is None else input_grad + order(
+                    result.input_grad)
+            direct = input_grad
+    return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=direct.transpose(0, 1),
+                hidden_grad=hidden_grad, cell_grad=cell_grad, grads=grads)
+
+
+def _order(direction: int):
+    """Time-major tensors to processing order and back (a flip of time for the reverse direction)."""
+    if direction == 0:
+        return lambda t: t
+    return lambda t: t.flip(0)
+
+
+def _run_twin(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        twin = UnrolledTwin(module)(x)
+        named = {"y": twin.y, "h_n": twin.h_n}
+        if twin.c_n is not None:
+            named["c_n"] = twin.c_n
+        if head is not None:
+            named["out"] = head(twin.y)
+        value = target.evaluate(named)
+        states = [h for per_layer in twin.hidden for per_dir in per_layer for h in per_dir]
+        cells = [c for per_layer in twin.cell for per_dir in per_layer for c in per_dir] if twin.cell else []
+        grads, rest = _named_grads(value, named, [x, *states, *cells])
+    layers, num_dirs = len(twin.hidden), len(twin.hidden[0])
+    batch, steps = x.shape[:2]
+    per_state = len(states)
+    hidden_grad = torch.stack(rest[1:1 + per_state]).view(layers, num_dirs, steps, batch, -1).transpose(2, 3)
+    cell_grad = None
+    if cells:
+        cell_grad = torch.stack(rest[1 + per_state:]).view(layers, num_dirs, steps, batch, -1).transpose(2, 3)
+    return dict(y=twin.y.detach(), target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
+                hidden_grad=hidden_grad.contiguous(), cell_grad=None if cell_grad is None else cell_grad.contiguous(),
+                grads=grads)
+
+
+def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target: Target) -> dict:
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        y, hs = model(x)
+        named = {"y": y, "h_n": hs[-1].unsqueeze(0)}
+        if head is not None:
+            named["out"] = head(y)
+        value = target.evaluate(named)
+        grads, rest = _named_grads(value, named, [x, *hs])
+    hidden_grad = torch.stack(rest[1:], dim=1)[None, None]  # [1, 1, B, T, H]
+    return dict(y=y.detach(), target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
+                hidden_grad=hidden_grad, cell_grad=None, grads=grads)
+
+
+def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:
+    """Which elements have a graph path to the target, from what it reads, causality and direction.
+
+    A state h_t reaches the target if the target reads it directly (via y, h_n or the head), if the layer
+    above reads the layer output at t, or if anything is read at a LATER processing step of its direction
+    (the recurrence is dense: h_t feeds every unit of step t+1). c_t reaches it through h_t or c_n.
+    """
+    shapes = target_shapes(cfg)
+    reads = target.read_masks({k: shapes[k] for k in target.names})
+    batch, steps, hidden = cfg.batch_size, cfg.seq_len, cfg.hidden_size
+    layers, num_dirs = cfg.num_layers, cfg.num_directions
+    stacked_read = reads.get("y", torch.zeros(shapes["y"], dtype=torch.bool)).clone()
+    if "out" in reads:  # the head reads every unit of y[:, -1] for each batch item whose output is read
+        stacked_read[:, -1, :] |= reads["out"].flatten(1).any(dim=1, keepdim=True)
+    h_n_read = reads.get("h_n", torch.zeros(shapes["h_n"], dtype=torch.bool))
+    c_n_read = reads.get("c_n") if cfg.cell == "lstm" else None
+    shape = (layers, num_dirs, batch, steps, hidden)
+    hidden_reached = torch.zeros(shape, dtype=torch.bool)
+    cell_reached = torch.zeros(shape, dtype=torch.bool) if cfg.cell == "lstm" else None
+    direct = stacked_read  # what the layer above (or the target) reads of this layer's output: [B, T, D*H]
+    for layer in range(layers - 1, -1, -1):
+        for d in range(num_dirs):
+            final = 0 if d == 1 else steps - 1
+            index = layer * num_dirs + d
+            seed_h = direct[..., d * hidden:(d + 1) * hidden].clone()
+            seed_h[:, final] |= h_n_read[index]
+            seed_c = torch.zeros_like(seed_h)
+            if c_n_read is not None:
+                seed_c[:, final] |= c_n_read[index]
+            any_read = (seed_h | seed_c).any(dim=2)  # [B, T]
+            # later[b, t]: something is read at a step processed after t (t+1.. forward, ..t-1 reverse).
+            ordered = any_read if d == 0 else any_read.flip(1)
+            later = ordered.flip(1).cumsum(dim=1).flip(1) > 0  # read at this step or after
+            later = torch.cat([later[:, 1:], torch.zeros_like(later[:, :1])], dim=1)
+            later = later if d == 0 else later.flip(1)
+            hidden_reached[layer, d] = seed_h | later.unsqueeze(-1)
+            if cell_reached is not None:
+                cell_reached[layer, d] = hidden_reached[layer, d] | seed_c
+        reached = hidden_reached[layer] if cell_reached is None else hidden_reached[layer] | cell_reached[layer]
+        step_read = reached.any(dim=(0, 3))  # [B, T]: the layer's gates at t matter, so its input at t is read
+        width = cfg.input_size if layer == 0 else num_dirs * hidden
+        direct = step_read.unsqueeze(-1).expand(batch, steps, width)
+    return dict(stacked_read=stacked_read, hidden_reached=hidden_reached, cell_reached=cell_reached,
+                input_reached=direct.clone())

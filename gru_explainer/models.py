@@ -1,0 +1,232 @@
+"""The models: a fused PyTorch module, an unrolled twin that shares its parameter tensors, and the seed's GRU.
+
+The fused modules (nn.GRU / nn.LSTM / nn.RNN, cuDNN on GPUs) run the whole recurrence in one kernel and
+never expose the per-step states h_t. `UnrolledTwin` computes the same function one step at a time with the
+SAME parameter tensors (no copies), so every h_t (and LSTM c_t) is a node of the autograd graph whose
+gradient is the total derivative dL/dh_t. `SeedAnswerGRU` is the hand-written GRU from the seed's answer.
+
+Initialisation is deterministic and never touches the global RNG: every tensor is drawn from one CPU
+`torch.Generator` seeded with `cfg.seed`, in this order: the recurrent module's parameters (in
+`named_parameters()` order, U(-k, k) with k = weight_scale / sqrt(hidden_size), PyTorch's default range
+when weight_scale = 1), then the head (weight, bias; U(-1/sqrt(fan_in), 1/sqrt(fan_in))), then the input
+x ~ U[0, 1) of shape [B, T, I] (as the seed's `torch.rand`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import ExplainConfig
+
+FUSED_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
+GATES = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1, "answer_gru": 3}
+"""Gate blocks stacked in weight_ih / weight_hh: GRU (r, z, n), LSTM (i, f, g, o), RNN (one)."""
+
+
+class SeedAnswerGRU(nn.Module):
+    """The seed answer's 1-layer GRU, as written there (its own Linear layers; batch-first input)."""
+
+    def __init__(self, input_size: int, hidden_size: int, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.lin_r = nn.Linear(input_size + hidden_size, hidden_size, **kw)
+        self.lin_z = nn.Linear(input_size + hidden_size, hidden_size, **kw)
+        self.lin_in = nn.Linear(input_size, hidden_size, **kw)
+        self.lin_hn = nn.Linear(hidden_size, hidden_size, **kw)
+        self.hidden_size = hidden_size
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Return (y [B, T, H], hs): y stacks the states; hs are the states the recurrence really used."""
+        bsz, len_, _ = x.shape
+        h = torch.zeros([bsz, self.hidden_size], device=x.device, dtype=x.dtype)
+        hs = []
+        for i in range(len_):
+            r = self.lin_r(torch.cat([x[:, i], h], dim=-1)).sigmoid()
+            z = self.lin_z(torch.cat([x[:, i], h], dim=-1)).sigmoid()
+            n = (self.lin_in(x[:, i]) + r * self.lin_hn(h)).tanh()
+            h = (1.0 - z) * n + z * h
+            hs.append(h)
+        # Return the output both as a single tensor and as the list of tensors the recurrence used.
+        return torch.stack(hs, dim=1), hs
+
+
+class LinearHead(nn.Module):
+    """The seed's MyModel head: Linear(D*H -> head_size) on the last step, viewed as [B, head_size, 1]."""
+
+    def __init__(self, in_features: int, head_size: int, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, head_size, device=device, dtype=dtype)
+        self.head_size = head_size
+
+    def forward(self, y: Tensor) -> Tensor:
+        """out = fc(y[:, -1, :]).view(-1, head_size, 1): axis 1 of the result is features, not time."""
+        return self.fc(y[:, -1, :]).view(-1, self.head_size, 1)
+
+
+@dataclass
+class Built:
+    """Everything `build` makes for one config: the recurrent module, the optional head and the input."""
+
+    module: nn.Module
+    head: LinearHead | None
+    inputs: Tensor
+
+
+def build(cfg: ExplainConfig, device: torch.device) -> Built:
+    """Build the model and input for a validated config, deterministically from `cfg.seed` (no global RNG)."""
+    dtype = cfg.torch_dtype
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    meta = torch.device("meta")
+    if cfg.cell == "answer_gru":
+        module: nn.Module = SeedAnswerGRU(cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype)
+    else:
+        kwargs = dict(num_layers=cfg.num_layers, batch_first=True, bidirectional=cfg.bidirectional)
+        if cfg.cell.startswith("rnn_"):
+            kwargs["nonlinearity"] = cfg.cell.removeprefix("rnn_")
+        module = FUSED_CLASSES[cfg.cell](cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype, **kwargs)
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            fan_in = cfg.hidden_size if cfg.cell != "answer_gru" else _linear_fan_in(module, name)
+            bound = cfg.weight_scale / math.sqrt(fan_in)
+            param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
+    if isinstance(module, nn.RNNBase):
+        module.flatten_parameters()
+    head = None
+    if cfg.head == "linear":
+        head = LinearHead(cfg.num_directions * cfg.hidden_size, cfg.head_size, device=meta, dtype=dtype)
+        head = head.to_empty(device=device)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(head.fc.in_features)
+            for param in (head.fc.weight, head.fc.bias):
+                param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
+    inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=dtype).to(device)
+    return Built(module=module, head=head, inputs=inputs)
+
+
+def _uniform(shape: torch.Size, low: float, high: float, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    return torch.empty(shape, dtype=dtype).uniform_(low, high, generator=gen)
+
+
+def _linear_fan_in(module: nn.Module, param_name: str) -> int:
+    layer = module.get_submodule(param_name.rsplit(".", 1)[0])
+    assert isinstance(layer, nn.Linear)
+    return layer.in_features
+
+
+def layer_params(module: nn.RNNBase, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction: the module's own tensors."""
+    suffix = f"l{layer}" + ("_reverse" if direction == 1 else "")
+    return (getattr(module, f"weight_ih_{suffix}"), getattr(module, f"weight_hh_{suffix}"),
+            getattr(module, f"bias_ih_{suffix}"), getattr(module, f"bias_hh_{suffix}"))
+
+
+def cell_kind(module: nn.RNNBase) -> str:
+    """'gru', 'lstm', 'rnn_tanh' or 'rnn_relu' for a fused module."""
+    if isinstance(module, nn.GRU):
+        return "gru"
+    if isinstance(module, nn.LSTM):
+        return "lstm"
+    return "rnn_" + module.nonlinearity
+
+
+@dataclass
+class TwinOutput:
+    """What the twin computes: the fused module's outputs plus every per-step state as a graph node.
+
+    `hidden[l][d][t]` is h_t of layer l, direction d ([B, H], t in original time order);
+    `cell` likewise for LSTM c_t (None otherwise).
+    """
+
+    y: Tensor
+    h_n: Tensor
+    c_n: Tensor | None
+    hidden: list[list[list[Tensor]]]
+    cell: list[list[list[Tensor]]] | None
+
+
+class UnrolledTwin(nn.Module):
+    """The fused module unrolled step by step, using the fused module's own parameter tensors (no copies)."""
+
+    def __init__(self, fused: nn.RNNBase) -> None:
+        super().__init__()
+        if getattr(fused, "proj_size", 0):
+            raise ValueError("LSTM projections are not supported")
+        self.fused = fused
+        self.kind = cell_kind(fused)
+
+    def forward(self, x: Tensor) -> TwinOutput:
+        """Run on batch-first x [B, T, I] from zero initial states."""
+        fused, kind = self.fused, self.kind
+        num_dirs = 2 if fused.bidirectional else 1
+        bsz, seq_len, _ = x.shape
+        layer_input = x
+        hidden, cells, h_last, c_last = [], [] if kind == "lstm" else None, [], []
+        for layer in range(fused.num_layers):
+            hidden.append([])
+            if cells is not None:
+                cells.append([])
+            for direction in range(num_dirs):
+                w_ih, w_hh, b_ih, b_hh = layer_params(fused, layer, direction)
+                # Project every input step in one matmul before the time loop: [B, T, G*H].
+                gi_all = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+                h = x.new_zeros(bsz, fused.hidden_size)
+                c = x.new_zeros(bsz, fused.hidden_size)
+                hs: list[Tensor] = [None] * seq_len  # type: ignore[list-item]
+                cs: list[Tensor] = [None] * seq_len  # type: ignore[list-item]
+                steps = range(seq_len) if direction == 0 else range(seq_len - 1, -1, -1)
+                for t in steps:
+                    gi, gh = gi_all[:, t], torch.nn.functional.linear(h, w_hh, b_hh)
+                    if kind == "gru":
+                        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+                        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+                        r = torch.sigmoid(i_r + h_r)  # reset gate: how much of h feeds the candidate
+                        z = torch.sigmoid(i_z + h_z)  # update gate: how much of h is kept
+                        n = torch.tanh(i_n + r * h_n)  # candidate state
+                        h = (1 - z) * n + z * h  # new state: blend of candidate and old state
+                    elif kind == "lstm":
+                        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+                        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                        c = f * c + i * g  # cell: forget some of the old, write some of the new
+                        h = o * torch.tanh(c)  # hidden: gated view of the cell
+                        cs[t] = c
+                    elif kind == "rnn_tanh":
+                        h = torch.tanh(gi + gh)  # Elman RNN
+                    else:
+                        h = torch.relu(gi + gh)
+                    hs[t] = h
+                hidden[layer].append(hs)
+                h_last.append(h)
+                if cells is not None:
+                    cells[layer].append(cs)
+                    c_last.append(c)
+            # The layer's output stacks the states (a NEW tensor: the next step read h_t, not this stack).
+            layer_input = torch.cat([torch.stack(hidden[layer][d], dim=1) for d in range(num_dirs)], dim=-1)
+        c_n = torch.stack(c_last) if cells is not None else None
+        return TwinOutput(y=layer_input, h_n=torch.stack(h_last), c_n=c_n, hidden=hidden, cell=cells)
+
+
+def single_layer_view(fused: nn.RNNBase, layer: int) -> nn.RNNBase:
+    """A one-layer fused module whose parameters ARE layer `layer` of `fused` (shared tensors, no copies)."""
+    if fused.num_layers == 1:
+        return fused
+    num_dirs = 2 if fused.bidirectional else 1
+    in_size = fused.input_size if layer == 0 else num_dirs * fused.hidden_size
+    kwargs = dict(num_layers=1, batch_first=fused.batch_first, bidirectional=fused.bidirectional,
+                  device=torch.device("meta"))
+    if isinstance(fused, nn.RNN):
+        kwargs["nonlinearity"] = fused.nonlinearity
+    view = type(fused)(in_size, fused.hidden_size, **kwargs)
+    for direction in range(num_dirs):
+        suffix = "_reverse" if direction == 1 else ""
+        for kind, tensor in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+                                layer_params(fused, layer, direction), strict=True):
+            # RNNBase.__setattr__ keeps _flat_weights in sync with the assigned Parameter.
+            setattr(view, f"{kind}_l0{suffix}", tensor)
+    return view
