@@ -1,0 +1,181 @@
+"""The config in the URL: `ExplainConfig` <-> query parameters, so copying the address reproduces the view.
+
+Only non-default fields are written. Reading never raises: every unknown key, unparsable, out-of-limit or
+stale value (e.g. a device this machine lacks, a target the model cannot evaluate) falls back to its default
+and yields a human-readable notice naming the field and what is allowed. Keys containing a dot (e.g.
+``explorer.log``) belong to individual pages and are ignored here without a notice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import fields
+from typing import Any
+
+from .config import CELLS, DTYPES, HEADS, ExplainConfig, Limits, available_devices
+from .errors import ConfigError, TargetError
+
+DEFAULT = ExplainConfig()
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ExplainConfig))
+INT_FIELDS = ("num_layers", "input_size", "hidden_size", "head_size", "seq_len", "batch_size", "seed")
+CHOICE_FIELDS = {"cell": CELLS, "head": HEADS, "dtype": DTYPES}
+SIZE_FIELDS_BY_RESET_ORDER = ("batch_size", "seq_len", "hidden_size", "num_layers")
+"""When sizes are only invalid together (the state-size limit), reset them to defaults in this order."""
+MAX_VALUE_CHARS = 600
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def config_to_query(cfg: ExplainConfig) -> dict[str, str]:
+    """The query parameters for `cfg`: only the fields that differ from the defaults, as strings."""
+    query: dict[str, str] = {}
+    for name in FIELD_NAMES:
+        value = getattr(cfg, name)
+        if value == getattr(DEFAULT, name):
+            continue
+        if isinstance(value, bool):
+            query[name] = "true" if value else "false"
+        elif isinstance(value, float):
+            query[name] = repr(value)
+        else:
+            query[name] = str(value)
+    return query
+
+
+def config_from_query(
+    params: Mapping[str, str | list[str]], *, limits: Limits | None = None, page_keys: Collection[str] = ()
+) -> tuple[ExplainConfig, list[str]]:
+    """Parse query parameters into a valid config plus notices for every value that fell back to its default.
+
+    Never raises. `page_keys` lists extra keys a page owns (ignored silently, like dotted keys).
+    """
+    notices: list[str] = []
+    try:
+        return _from_query(params, limits or Limits.from_env(), set(page_keys), notices), notices
+    except Exception as err:  # a last resort: a broken URL must never break the page
+        notices.append(f"The URL could not be read ({type(err).__name__}); using the default settings.")
+        return DEFAULT, notices
+
+
+def _from_query(params: Mapping[str, Any], limits: Limits, page_keys: set[str], notices: list[str]) -> ExplainConfig:
+    values: dict[str, Any] = {}
+    for key in sorted(params, key=str):
+        raw = params[key]
+        if isinstance(raw, list | tuple):
+            raw = raw[-1] if raw else ""
+        if not isinstance(key, str) or not isinstance(raw, str):
+            notices.append(f"Ignored a URL parameter that is not text: {str(key)[:40]!r}.")
+            continue
+        if key in page_keys or "." in key:
+            continue
+        if key not in FIELD_NAMES:
+            notices.append(f"Ignored unknown URL parameter {_show(key)}; known: {', '.join(FIELD_NAMES)}.")
+            continue
+        try:
+            value = _parse(key, raw, limits)
+            _check_alone(key, value, limits)
+        except (ConfigError, ValueError) as err:
+            notices.append(f"URL parameter {key}={_show(raw)} ignored: {err}. Using the default "
+                           f"{getattr(DEFAULT, key)!r}.")
+            continue
+        values[key] = value
+    cfg = DEFAULT.replace(**values)
+    cfg = _fix_combinations(cfg, limits, notices)
+    return _fix_target(cfg, notices)
+
+
+def _parse(name: str, raw: str, limits: Limits) -> Any:
+    """The typed value of one field from its URL text; ValueError with a reason when it cannot be read."""
+    if len(raw) > MAX_VALUE_CHARS:
+        raise ValueError(f"the value is longer than {MAX_VALUE_CHARS} characters")
+    text = raw.strip()
+    if name in INT_FIELDS:
+        if not text.lstrip("+-").isdigit() or not text.isascii() or len(text) > 12:
+            raise ValueError(f"{name} must be a whole number {_int_range(name, limits)}")
+        return int(text)
+    if name == "bidirectional":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("bidirectional must be true or false")
+    if name == "weight_scale":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"weight_scale must be a number > 0 and <= {limits.max_weight_scale:g}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"weight_scale must be a finite number > 0 and <= {limits.max_weight_scale:g}")
+        return number
+    return raw if name == "target" else text
+
+
+def _int_range(name: str, limits: Limits) -> str:
+    """'between LOW and HIGH' for an integer field under these limits."""
+    if name == "seed":
+        return f"between 0 and {2**31 - 1}"
+    return f"between 1 and {getattr(limits, 'max_' + name)}"
+
+
+def _check_alone(name: str, value: Any, limits: Limits) -> None:
+    """Validate one field against the limits, with every other field at its default (ConfigError if bad)."""
+    if name == "cell":  # answer_gru conflicts with the default 2 layers; combinations are fixed later
+        if value not in CELLS:
+            raise ConfigError(f"cell must be one of {', '.join(CELLS)}")
+        return
+    if name in CHOICE_FIELDS and value not in CHOICE_FIELDS[name]:
+        raise ConfigError(f"{name} must be one of {', '.join(CHOICE_FIELDS[name])}")
+    devices = ("auto", *available_devices())
+    if name == "device" and value not in devices:
+        raise ConfigError(f"device {value!r} is not available on this machine; available: {', '.join(devices)}")
+    if name == "target":
+        if not value.strip():
+            raise ConfigError("target must not be empty")
+        return  # checked against the final config in _fix_target
+    DEFAULT.replace(**{name: value}).validate(limits)
+
+
+def _fix_combinations(cfg: ExplainConfig, limits: Limits, notices: list[str]) -> ExplainConfig:
+    """Resolve fields that are valid alone but not together (answer_gru shape, the state-size limit)."""
+    if cfg.cell == "answer_gru" and (cfg.num_layers != 1 or cfg.bidirectional):
+        notices.append("cell answer_gru (the seed answer's hand-written GRU) has exactly 1 layer and one direction; "
+                       f"using num_layers=1 and bidirectional=false instead of num_layers={cfg.num_layers}, "
+                       f"bidirectional={str(cfg.bidirectional).lower()}.")
+        cfg = cfg.replace(num_layers=1, bidirectional=False)
+    for name in SIZE_FIELDS_BY_RESET_ORDER:
+        try:
+            cfg.validate(limits)
+            return cfg
+        except ConfigError as err:
+            if getattr(cfg, name) == getattr(DEFAULT, name) or (name == "num_layers" and cfg.cell == "answer_gru"):
+                continue
+            notices.append(f"{err}. Using the default {name}={getattr(DEFAULT, name)} instead of {getattr(cfg, name)}.")
+            cfg = cfg.replace(**{name: getattr(DEFAULT, name)})
+    try:
+        cfg.validate(limits)
+        return cfg
+    except ConfigError as err:
+        notices.append(f"{err}. Using the default settings.")
+        return DEFAULT
+
+
+def _fix_target(cfg: ExplainConfig, notices: list[str]) -> ExplainConfig:
+    """Keep the target only if the core's parser accepts it for this config; else the default target."""
+    from .explain import compile_target
+
+    try:
+        compile_target(cfg)
+        return cfg
+    except (TargetError, ConfigError) as err:
+        notices.append(f"URL parameter target={_show(cfg.target)} ignored: {err}. "
+                       f"Using the default target {DEFAULT.target!r}.")
+        return cfg.replace(target=DEFAULT.target)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    """A short, quoted rendering of URL text for notices."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+__all__ = ["config_from_query", "config_to_query"]

@@ -1,0 +1,141 @@
+"""Streamlit helpers shared by every page: the shared config (session state + URL), its sidebar, the cached core call.
+
+Interface used by all pages (keep it stable):
+    shared_config() -> ExplainConfig           the current config; first load reads st.query_params (notices shown)
+    set_shared_config(cfg) -> None             store it for every page and write the non-default fields to the URL
+    config_sidebar() -> ExplainConfig          architecture / data / device widgets in the sidebar; updates and returns
+    cached_explain(cfg, engine="fused")        GradientReport, or None after showing the core's error with st.error
+    show_error(err) -> None                    st.error with the message only (never a traceback)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from gru_explainer import ConfigError, ExplainConfig, GradientReport, Limits, TargetError, available_devices, explain
+from gru_explainer.config import CELLS, DTYPES, HEADS
+from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
+
+CONFIG_KEY = "gx_config"
+NOTICES_KEY = "gx_config_notices"
+SYNCED_KEY = "gx_sidebar_synced"
+CELL_LABELS = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)",
+               "answer_gru": "Seed answer's hand-written GRU"}
+HEAD_LABELS = {"none": "none (y is the output)", "linear": "Linear on the last step (MyModel)"}
+MIN_WEIGHT_SCALE = 0.001
+SIDEBAR_FIELDS = ("cell", "num_layers", "input_size", "hidden_size", "bidirectional", "head", "head_size", "seq_len",
+                  "batch_size", "seed", "dtype", "device", "weight_scale")
+"""The config fields `config_sidebar` edits (all but the target, which pages choose themselves)."""
+
+
+def shared_config() -> ExplainConfig:
+    """The config shared by all pages; on a session's first run it comes from the URL, with notices for bad values."""
+    if CONFIG_KEY not in st.session_state:
+        cfg, notices = config_from_query(st.query_params.to_dict())
+        st.session_state[NOTICES_KEY] = notices
+        for key in list(st.query_params):  # drop unknown keys (noticed above); pages own the dotted ones
+            if key not in FIELD_NAMES and "." not in key:
+                del st.query_params[key]
+        set_shared_config(cfg)  # rewrite the URL without the values that fell back to defaults
+    for notice in st.session_state.pop(NOTICES_KEY, []):
+        st.warning(notice, icon=":material/link_off:")
+    return st.session_state[CONFIG_KEY]
+
+
+def set_shared_config(cfg: ExplainConfig) -> None:
+    """Store `cfg` for every page and mirror its non-default fields in the URL (other URL keys are kept)."""
+    st.session_state[CONFIG_KEY] = cfg
+    wanted = config_to_query(cfg)
+    for name in FIELD_NAMES:
+        if name in wanted:
+            if st.query_params.get(name) != wanted[name]:
+                st.query_params[name] = wanted[name]
+        elif name in st.query_params:
+            del st.query_params[name]
+
+
+def show_error(err: Exception) -> None:
+    """Show an error's message on the page (the core's messages name the field); never a traceback."""
+    if isinstance(err, ValueError):
+        st.error(str(err), icon=":material/error:")
+    else:
+        st.error(f"Unexpected {type(err).__name__}: {err}", icon=":material/error:")
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing gradients…")
+def _explain_cached(fields: tuple[tuple[str, Any], ...], engine: str) -> GradientReport:
+    """The core call, keyed on the plain config fields; cache_data pickles the report (a copy per hit)."""
+    return explain(ExplainConfig(**dict(fields)), engine=engine)
+
+
+def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport | None:
+    """`explain(cfg, engine=...)` through the cache; None (after st.error) when the config or target is invalid."""
+    try:
+        return _explain_cached(tuple(cfg.to_dict().items()), engine)
+    except (ConfigError, TargetError) as err:
+        show_error(err)
+    except Exception as err:  # e.g. a device running out of memory: say so, never show a traceback
+        show_error(err)
+    return None
+
+
+def _sync_widgets(cfg: ExplainConfig) -> None:
+    """Initialise the sidebar widgets from `cfg` when they are new or the config was changed elsewhere."""
+    if st.session_state.get(SYNCED_KEY) == cfg and all(f"gx_{n}" in st.session_state for n in SIDEBAR_FIELDS):
+        return
+    for name in SIDEBAR_FIELDS:
+        st.session_state[f"gx_{name}"] = getattr(cfg, name)
+    st.session_state["gx_weight_scale"] = max(MIN_WEIGHT_SCALE, float(cfg.weight_scale))
+
+
+def config_sidebar() -> ExplainConfig:
+    """Sidebar widgets for the architecture, data and device; stores and returns the updated shared config."""
+    cfg = shared_config()
+    limits = Limits.from_env()
+    _sync_widgets(cfg)
+    devices = ["auto", *available_devices()]
+    if st.session_state["gx_device"] not in devices:
+        st.session_state["gx_device"] = "auto"
+    bar = st.sidebar
+    bar.header("Model")
+    cell = bar.selectbox("Cell", CELLS, key="gx_cell", format_func=CELL_LABELS.__getitem__,
+                         help="The recurrent cell. The seed answer's GRU is unrolled by hand (1 layer, one direction).")
+    single = cell == "answer_gru"
+    if single:
+        st.session_state["gx_num_layers"], st.session_state["gx_bidirectional"] = 1, False
+    num_layers = bar.number_input("Layers", 1, limits.max_num_layers, key="gx_num_layers", disabled=single)
+    bidirectional = bar.toggle("Bidirectional", key="gx_bidirectional", disabled=single,
+                               help="A second direction reads the sequence backwards (its h_t depends on later x).")
+    col1, col2 = bar.columns(2)
+    input_size = col1.number_input("Input size", 1, limits.max_input_size, key="gx_input_size")
+    hidden_size = col2.number_input("Hidden size", 1, limits.max_hidden_size, key="gx_hidden_size")
+    head = bar.selectbox("Head", HEADS, key="gx_head", format_func=HEAD_LABELS.__getitem__,
+                         help="MyModel's head: out = Linear(y[:, -1]).view(-1, head_size, 1), named `out` in targets.")
+    head_size = bar.number_input("Head size", 1, limits.max_head_size, key="gx_head_size", disabled=head == "none")
+    bar.header("Data")
+    col1, col2 = bar.columns(2)
+    seq_len = col1.number_input("Sequence length T", 1, limits.max_seq_len, key="gx_seq_len")
+    batch_size = col2.number_input("Batch size B", 1, limits.max_batch_size, key="gx_batch_size")
+    col1, col2 = bar.columns(2)
+    seed = col1.number_input("Seed", 0, 2**31 - 1, key="gx_seed", help="Seeds the weights and x = torch.rand(B, T, I).")
+    weight_scale = col2.number_input(
+        "Weight scale", MIN_WEIGHT_SCALE, float(limits.max_weight_scale), key="gx_weight_scale", step=0.05,
+        format="%.3f",
+        help="Multiplies PyTorch's init range U(±1/√H): above 1 gradients tend to explode, below 1 to vanish.")
+    bar.header("Device")
+    col1, col2 = bar.columns(2)
+    dtype = col1.selectbox("dtype", DTYPES, key="gx_dtype")
+    device = col2.selectbox("Device", devices, key="gx_device", help="Devices this machine has; auto prefers a GPU.")
+    new = cfg.replace(cell=cell, num_layers=int(num_layers), input_size=int(input_size), hidden_size=int(hidden_size),
+                      bidirectional=bool(bidirectional), head=head, head_size=int(head_size), seq_len=int(seq_len),
+                      batch_size=int(batch_size), seed=int(seed), dtype=dtype, device=device,
+                      weight_scale=float(weight_scale))
+    st.session_state[SYNCED_KEY] = new
+    if new != cfg:
+        set_shared_config(new)
+    return new
+
+
+__all__ = ["cached_explain", "config_sidebar", "set_shared_config", "shared_config", "show_error"]
