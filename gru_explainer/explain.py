@@ -81,6 +81,7 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
         stacked_grad=cpu["stacked_grad"],
         input_grad=cpu["input_grad"],
         hidden_grad=cpu["hidden_grad"],
+        hidden_states=cpu["hidden_states"],
         cell_grad=cpu["cell_grad"],
         grads={k: v.detach().cpu() for k, v in raw["grads"].items()},
         **masks,
@@ -143,8 +144,9 @@ def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Ta
                 input_grad = order(result.input_grad) if input_grad is None else input_grad + order(
                     result.input_grad)
             direct = input_grad
+    states = torch.stack([out.view(*out.shape[:2], num_dirs, hidden).permute(2, 0, 1, 3) for out in layer_outputs])
     return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=direct.transpose(0, 1),
-                hidden_grad=hidden_grad, cell_grad=cell_grad, grads=grads)
+                hidden_grad=hidden_grad, cell_grad=cell_grad, grads=grads, hidden_states=states)
 
 
 def _order(direction: int):
@@ -174,9 +176,12 @@ def _run_twin(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Tar
     cell_grad = None
     if cells:
         cell_grad = torch.stack(rest[1 + per_state:]).view(layers, num_dirs, steps, batch, -1).transpose(2, 3)
-    return dict(y=twin.y.detach(), target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
+    with torch.no_grad():
+        fused_y = module(x)[0]  # `output` is y as the fused module returns it (the twin agrees to rounding)
+    states = torch.stack([torch.stack(h, dim=1) for per_layer in twin.hidden for h in per_layer])
+    return dict(y=fused_y, target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
                 hidden_grad=hidden_grad.contiguous(), cell_grad=None if cell_grad is None else cell_grad.contiguous(),
-                grads=grads)
+                grads=grads, hidden_states=states.view(layers, num_dirs, batch, steps, -1))
 
 
 def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target: Target) -> dict:
@@ -190,7 +195,7 @@ def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target:
         grads, rest = _named_grads(value, named, [x, *hs])
     hidden_grad = torch.stack(rest[1:], dim=1)[None, None]  # [1, 1, B, T, H]
     return dict(y=y.detach(), target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
-                hidden_grad=hidden_grad, cell_grad=None, grads=grads)
+                hidden_grad=hidden_grad, cell_grad=None, grads=grads, hidden_states=y.detach()[None, None])
 
 
 def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:

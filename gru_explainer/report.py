@@ -17,7 +17,7 @@ from .config import ExplainConfig
 QUANTITIES = ("stacked_output", "hidden_state", "cell_state", "input")
 DIRECTIONS = ("forward", "reverse")
 FRAME_COLUMNS = ("quantity", "layer", "direction", "t", "norm", "max_abs", "exactly_zero",
-                 "structurally_zero", "underflow", "nonfinite")
+                 "structurally_zero", "underflow", "nonfinite", "forward_nonfinite")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class GradientReport:
     input_grad: Tensor  # d target/dx [B, T, I]
     hidden_grad: Tensor  # total d target/d h_t [L, D, B, T, H], original time order for both directions
     cell_grad: Tensor | None  # total d target/d c_t [L, D, B, T, H] for LSTM, else None
+    hidden_states: Tensor  # the forward values h_t [L, D, B, T, H] (to spot a forward pass that overflowed)
     grads: dict[str, Tensor]  # ∂target/∂(named tensor) for y, h_n, c_n, out as .retain_grad() gives them
     stacked_read: Tensor  # bool [B, T, D*H]: elements of y the target reads (directly or via the head)
     hidden_reached: Tensor  # bool [L, D, B, T, H]: h_t elements with a graph path to the target
@@ -83,8 +84,8 @@ class GradientReport:
         return verdict(self)
 
 
-def _step_stats(grad: Tensor, reached: Tensor) -> dict[str, Tensor]:
-    """Per-step statistics of a [B, T, K] gradient and its [B, T, K] structural mask."""
+def _step_stats(grad: Tensor, reached: Tensor, values_fwd: Tensor | None) -> dict[str, Tensor]:
+    """Per-step statistics of a [B, T, K] gradient, its structural mask and the forward values it belongs to."""
     values = grad.double()
     finite = torch.isfinite(values)
     exactly_zero = (values == 0).all(dim=2).all(dim=0)
@@ -96,6 +97,8 @@ def _step_stats(grad: Tensor, reached: Tensor) -> dict[str, Tensor]:
         "structurally_zero": structurally_zero,
         "underflow": exactly_zero & ~structurally_zero,
         "nonfinite": ~finite.all(dim=2).all(dim=0),
+        "forward_nonfinite": (torch.zeros(values.shape[1], dtype=torch.bool) if values_fwd is None
+                              else ~torch.isfinite(values_fwd).all(dim=2).all(dim=0)),
     }
 
 
@@ -103,23 +106,24 @@ def build_frame(report: GradientReport) -> pd.DataFrame:
     """One row per (quantity, layer, direction, t) with norm, max_abs and the zero / non-finite flags."""
     cfg = report.config
     hidden, num_dirs, last = cfg.hidden_size, cfg.num_directions, cfg.num_layers - 1
-    blocks: list[tuple[str, int, str, Tensor, Tensor]] = []
+    blocks: list[tuple[str, int, str, Tensor, Tensor, Tensor | None]] = []
     for d in range(num_dirs):
         cols = slice(d * hidden, (d + 1) * hidden)
         blocks.append(("stacked_output", last, DIRECTIONS[d], report.stacked_grad[..., cols],
-                       report.stacked_read[..., cols]))
+                       report.stacked_read[..., cols], report.output[..., cols]))
     for layer in range(cfg.num_layers):
         for d in range(num_dirs):
+            states = report.hidden_states[layer, d]
             blocks.append(("hidden_state", layer, DIRECTIONS[d], report.hidden_grad[layer, d],
-                           report.hidden_reached[layer, d]))
+                           report.hidden_reached[layer, d], states))
             if report.cell_grad is not None and report.cell_reached is not None:
                 blocks.append(("cell_state", layer, DIRECTIONS[d], report.cell_grad[layer, d],
-                               report.cell_reached[layer, d]))
-    blocks.append(("input", 0, "n/a", report.input_grad, report.input_reached))
+                               report.cell_reached[layer, d], states))
+    blocks.append(("input", 0, "n/a", report.input_grad, report.input_reached, None))
     frames = []
     steps = torch.arange(cfg.seq_len).numpy()
-    for quantity, layer, direction, grad, reached in blocks:
-        stats = {k: v.numpy() for k, v in _step_stats(grad, reached).items()}
+    for quantity, layer, direction, grad, reached, forward in blocks:
+        stats = {k: v.numpy() for k, v in _step_stats(grad, reached, forward).items()}
         frames.append(pd.DataFrame({"quantity": quantity, "layer": layer, "direction": direction, "t": steps,
                                     **stats}))
     frame = pd.concat(frames, ignore_index=True)

@@ -77,6 +77,10 @@ def verdict(report: GradientReport) -> str:
         lines.append(f"- **Underflow**: {len(under)} (quantity, layer, step) rows are exactly zero although a graph "
                      f"path to the target exists ({where}): the gradient vanished below the {cfg.dtype} range "
                      "(or the target multiplies it by zero). These are numeric zeros, not structural ones.")
+    overflow = _steps(frame[frame.quantity != "input"], forward_nonfinite=True)
+    if overflow:
+        lines.append(f"- **The forward pass overflowed** (inf/NaN states) at {format_steps(overflow)}: gradients "
+                     "through those states are undefined; the numbers shown are what autograd's rules give there.")
     bad = frame[frame.nonfinite]
     if len(bad):
         lines.append(f"- **Non-finite**: inf/NaN gradients at {len(bad)} rows (first at "
