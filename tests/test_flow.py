@@ -1,0 +1,181 @@
+"""Gradient flow through time: decay profiles, the fitted per-step rate, and sweeps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gru_explainer import ConfigError, ExplainConfig, TargetError, explain
+from gru_explainer.flow import (
+    PROFILE_COLUMNS,
+    RATE_COLUMNS,
+    cell_config,
+    cell_label,
+    decay_profile,
+    decay_rates,
+    fit_decay_rate,
+    sweep,
+)
+
+SMALL = ExplainConfig(cell="gru", num_layers=2, hidden_size=8, seq_len=6, batch_size=2)
+
+
+@given(rate=st.floats(0.05, 20.0), scale=st.floats(1e-6, 1e6), steps=st.integers(2, 60))
+@settings(max_examples=60, deadline=None)
+def test_fit_matches_a_geometric_sequence(rate: float, scale: float, steps: int) -> None:
+    distance = np.arange(steps)
+    norm = scale * rate ** distance.astype(float)
+    assert fit_decay_rate(distance, norm) == pytest.approx(rate, rel=1e-9)
+
+
+def test_fit_exact_for_simple_halving() -> None:
+    assert fit_decay_rate([0, 1, 2, 3], [8.0, 4.0, 2.0, 1.0]) == pytest.approx(0.5, rel=1e-12)
+    assert fit_decay_rate([0, 1, 2, 3], [1.0, 2.0, 4.0, 8.0]) == pytest.approx(2.0, rel=1e-12)
+    assert fit_decay_rate([3, 1, 0, 2], [1.0, 4.0, 8.0, 2.0]) == pytest.approx(0.5, rel=1e-12)  # order-free
+
+
+def test_fit_excludes_zeros_and_non_finite_values() -> None:
+    distance = [0, 1, 2, 3, 4, 5, 6]
+    norm = [1.0, 0.1, 0.0, 1e-3, math.inf, 1e-5, math.nan]
+    assert fit_decay_rate(distance, norm) == pytest.approx(0.1, rel=1e-12)
+
+
+def test_fit_is_nan_without_two_distinct_points() -> None:
+    assert math.isnan(fit_decay_rate([], []))
+    assert math.isnan(fit_decay_rate([0], [1.0]))
+    assert math.isnan(fit_decay_rate([0, 1, 2], [1.0, 0.0, math.inf]))
+    assert math.isnan(fit_decay_rate([2, 2], [1.0, 3.0]))
+    with pytest.raises(ValueError, match="same length"):
+        fit_decay_rate([0, 1], [1.0])
+
+
+def test_profile_values_equal_hidden_grad_norms() -> None:
+    cfg = SMALL.replace(bidirectional=True, target="y[:, 3].sum()")
+    report = explain(cfg)
+    profile = decay_profile(report)
+    assert list(profile.columns) == list(PROFILE_COLUMNS)
+    for row in profile.itertuples():
+        d = 0 if row.direction == "forward" else 1
+        expected = report.hidden_grad[row.layer, d, :, row.t, :].double().norm().item()
+        assert row.norm == pytest.approx(expected, rel=1e-12, abs=0.0)
+    # Forward direction: anchored at the read step t = 3, later steps (structural zeros) left out.
+    fwd = profile[(profile.layer == 1) & (profile.direction == "forward")]
+    assert sorted(fwd.t) == [0, 1, 2, 3]
+    assert (fwd.distance == 3 - fwd.t).all()
+    # Reverse direction of the top layer: processed T-1 -> 0, so steps 3..5 reach the target via t = 3.
+    rev = profile[(profile.layer == 1) & (profile.direction == "reverse")]
+    assert sorted(rev.t) == [3, 4, 5]
+    assert (rev.distance == rev.t - 3).all()
+    anchor = fwd[fwd.distance == 0].norm.iloc[0]
+    assert np.allclose(fwd.relative, fwd.norm / anchor)
+    assert set(profile.cell) == {"gru"} and set(profile.seq_len) == {6}
+
+
+def test_profile_default_target_covers_every_step() -> None:
+    report = explain(SMALL)
+    profile = decay_profile(report)
+    assert len(profile) == SMALL.num_layers * SMALL.seq_len
+    top = profile[profile.layer == 1].sort_values("distance")
+    assert list(top.distance) == list(range(SMALL.seq_len))
+    assert list(top.t) == list(range(SMALL.seq_len - 1, -1, -1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_larger_weight_scale_decays_slower_for_rnn_tanh(seed: int) -> None:
+    base = ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=32, seq_len=30, seed=seed, dtype="float64")
+    scales = [0.25, 0.5, 1.0, 2.0, 4.0]
+    rates = decay_rates(sweep(base, cells=["rnn_tanh"], weight_scales=scales)).sort_values("weight_scale")
+    assert list(rates.weight_scale) == scales
+    assert np.all(np.diff(rates.rate.to_numpy()) > 0), rates.rate.tolist()
+    assert rates.rate.iloc[0] < 1 < rates.rate.iloc[-1]  # vanishing at 0.25, exploding at 4
+
+
+def test_underflow_zeros_are_flagged_and_excluded_from_the_fit() -> None:
+    # Tiny weights in float32 over a long sequence: the gradient underflows to exact zeros far from the target.
+    cfg = ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=16, seq_len=120, weight_scale=0.05)
+    profile = decay_profile(explain(cfg))
+    zeros = profile[profile.exactly_zero]
+    assert len(zeros) > 0 and zeros.underflow.all()
+    assert (zeros.norm == 0).all()
+    rates = decay_rates(profile)
+    assert rates.points.iloc[0] == len(profile) - len(zeros)
+    assert rates.zero_steps.iloc[0] == len(zeros)
+    finite = profile[~profile.exactly_zero]
+    assert rates.rate.iloc[0] == pytest.approx(fit_decay_rate(finite.distance, finite.norm))
+    assert 0 < rates.rate.iloc[0] < 0.1
+
+
+def test_sweep_covers_every_combination_and_reports_progress() -> None:
+    calls: list[tuple[float, str]] = []
+    frame = sweep(SMALL, cells=["gru", "lstm", "answer_gru"], seq_lens=[3, 5], weight_scales=[0.5, 2.0],
+                  progress=lambda f, m: calls.append((f, m)))
+    assert list(frame.columns) == list(PROFILE_COLUMNS)
+    combos = set(frame[["cell", "seq_len", "weight_scale"]].itertuples(index=False, name=None))
+    assert combos == {(c, s, w) for c in ["gru", "lstm", "answer_gru"] for s in [3, 5] for w in [0.5, 2.0]}
+    assert len(calls) == 3 * 2 * 2 + 1
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1.0
+    assert "LSTM" in " ".join(m for _, m in calls)
+    # answer_gru runs with one layer; others with the base config's two.
+    assert set(frame[frame.cell == "answer_gru"].layer) == {0}
+    assert set(frame[frame.cell == "gru"].layer) == {0, 1}
+    rates = decay_rates(frame)
+    assert list(rates.columns) == list(RATE_COLUMNS)
+    assert len(rates) == 2 * 2 * (2 + 2 + 1)
+
+
+def test_sweep_uses_the_profile_callable_and_defaults_to_the_base_values() -> None:
+    seen: list[ExplainConfig] = []
+
+    def fake(cfg: ExplainConfig):
+        seen.append(cfg)
+        return decay_profile(explain(cfg))
+
+    sweep(SMALL, cells=["rnn_relu"], profile=fake)
+    assert seen == [SMALL.replace(cell="rnn_relu")]
+
+
+def test_sweep_matches_single_reports() -> None:
+    frame = sweep(SMALL, cells=["lstm"], seq_lens=[4])
+    direct = decay_profile(explain(SMALL.replace(cell="lstm", seq_len=4)))
+    assert np.array_equal(frame.norm.to_numpy(), direct.norm.to_numpy())
+
+
+def test_sweep_propagates_bad_input() -> None:
+    with pytest.raises(ConfigError):
+        sweep(SMALL, cells=["gru"], seq_lens=[0])
+    with pytest.raises(ConfigError):
+        sweep(SMALL, cells=["nope"])
+    with pytest.raises(TargetError):
+        sweep(SMALL.replace(target="c_n.sum()"), cells=["lstm", "gru"])
+
+
+def test_empty_inputs_give_empty_frames() -> None:
+    assert sweep(SMALL, cells=[]).empty
+    assert list(sweep(SMALL, cells=[]).columns) == list(PROFILE_COLUMNS)
+    assert decay_rates(sweep(SMALL, cells=[])).empty
+
+
+def test_helpers() -> None:
+    assert cell_label("rnn_tanh") == "RNN tanh"
+    assert cell_config(SMALL.replace(bidirectional=True), "answer_gru").num_layers == 1
+    assert not cell_config(SMALL.replace(bidirectional=True), "answer_gru").bidirectional
+    assert cell_config(SMALL, "lstm", seq_len=3) == SMALL.replace(cell="lstm", seq_len=3)
+
+
+def test_nonfinite_gradients_are_flagged_and_excluded() -> None:
+    # Large weights in float32 over a long sequence: the gradient overflows to inf far from the target.
+    cfg = ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=32, seq_len=500, weight_scale=10.0)
+    profile = decay_profile(explain(cfg))
+    bad = profile[profile.nonfinite]
+    assert len(bad) > 0
+    rates = decay_rates(profile)
+    assert rates.nonfinite_steps.iloc[0] == len(bad)
+    good = profile[~profile.nonfinite & (profile.norm > 0)]
+    assert rates.points.iloc[0] == len(good)
+    assert rates.rate.iloc[0] == pytest.approx(fit_decay_rate(good.distance, good.norm))
+    assert math.isfinite(rates.rate.iloc[0]) and rates.rate.iloc[0] > 1
