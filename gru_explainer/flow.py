@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 
 from .config import ExplainConfig
+from .errors import ConfigError, TargetError
 from .explain import explain
 from .report import DIRECTIONS, GradientReport
 
 PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "t", "distance", "norm", "relative",
                    "exactly_zero", "underflow", "nonfinite")
 """Columns of `decay_profile` (and of `sweep`)."""
-RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "rate", "log10_rate", "points",
+RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "rate", "log10_rate", "log10_intercept",
+                "points",
                 "zero_steps", "nonfinite_steps", "anchor_norm")
 """Columns of `decay_rates`."""
 GROUP_KEYS = ["cell", "seq_len", "weight_scale", "layer", "direction"]
@@ -81,6 +83,26 @@ def decay_profile(report: GradientReport) -> pd.DataFrame:
     return out[list(PROFILE_COLUMNS)].reset_index(drop=True)
 
 
+def fit_decay(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Least-squares line log10(norm) = intercept + slope·distance; returns (10**slope, intercept).
+
+    Only points with a finite distance and a finite norm > 0 count (exact zeros from underflow and inf/NaN are
+    excluded: they carry no magnitude). (NaN, NaN) when fewer than two distinct distances remain.
+    """
+    d = np.asarray(distance, dtype=float).reshape(-1)
+    n = np.asarray(norm, dtype=float).reshape(-1)
+    if d.shape != n.shape:
+        raise ValueError(f"distance and norm must have the same length, got {d.size} and {n.size}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = np.isfinite(d) & np.isfinite(n) & (n > 0)
+    d, logn = d[keep], np.log10(n[keep])
+    if d.size < 2 or np.unique(d).size < 2:
+        return math.nan, math.nan
+    dc = d - d.mean()
+    slope = float(np.dot(dc, logn - logn.mean()) / np.dot(dc, dc))
+    return float(10.0 ** slope), float(logn.mean() - slope * d.mean())
+
+
 def fit_decay_rate(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> float:
     """The per-step factor by which the gradient norm changes per step further from the target.
 
@@ -89,30 +111,21 @@ def fit_decay_rate(distance: Sequence[float] | np.ndarray, norm: Sequence[float]
     1 means constant, 2 means "doubles every step back" (exploding). NaN when fewer than two distinct distances
     remain.
     """
-    d = np.asarray(distance, dtype=float).reshape(-1)
-    n = np.asarray(norm, dtype=float).reshape(-1)
-    if d.shape != n.shape:
-        raise ValueError(f"distance and norm must have the same length, got {d.size} and {n.size}")
-    keep = np.isfinite(d) & np.isfinite(n) & (n > 0)
-    d, logn = d[keep], np.log10(n[keep])
-    if d.size < 2 or np.unique(d).size < 2:
-        return math.nan
-    dc = d - d.mean()
-    slope = float(np.dot(dc, logn - logn.mean()) / np.dot(dc, dc))
-    return float(10.0 ** slope)
+    return fit_decay(distance, norm)[0]
 
 
 def decay_rates(profile: pd.DataFrame) -> pd.DataFrame:
     """The fitted per-step rate (see `fit_decay_rate`) for each (cell, seq_len, weight_scale, layer, direction)."""
     rows = []
     for keys, group in profile.groupby(GROUP_KEYS, sort=False):
-        rate = fit_decay_rate(group.distance.to_numpy(), group.norm.to_numpy())
+        rate, intercept = fit_decay(group.distance.to_numpy(), group.norm.to_numpy())
         norms = group.norm.to_numpy(dtype=float)
         anchor = group.loc[group.distance == group.distance.min(), "norm"]
         rows.append({
             **dict(zip(GROUP_KEYS, keys, strict=True)),
             "rate": rate,
             "log10_rate": math.log10(rate) if rate > 0 else math.nan,
+            "log10_intercept": intercept,
             "points": int((np.isfinite(norms) & (norms > 0)).sum()),
             "zero_steps": int(group.exactly_zero.sum()),
             "nonfinite_steps": int(group.nonfinite.sum()),
@@ -143,30 +156,41 @@ def sweep(
     weight_scales: Iterable[float] | None = None,
     progress: Progress | None = None,
     profile: Callable[[ExplainConfig], pd.DataFrame] | None = None,
+    skip_errors: bool = False,
 ) -> pd.DataFrame:
     """Decay profiles for every (cell, seq_len, weight_scale) combination, concatenated (PROFILE_COLUMNS).
 
     `seq_lens` / `weight_scales` default to the base config's value. `progress(fraction, message)` is called
     before each run and once at the end (1.0). `profile` computes one config's profile (default `profile_of`;
-    a page passes a cached version). Errors (ConfigError / TargetError) propagate: the first bad combination
-    stops the sweep.
+    a page passes a cached version). Errors (ConfigError / TargetError) propagate, so the first bad combination
+    stops the sweep, unless `skip_errors`: then bad combinations are left out and listed in
+    ``frame.attrs["skipped"]`` as (cell, seq_len, weight_scale, message) tuples.
     """
     cells = list(dict.fromkeys(cells))
     seq_lens = list(dict.fromkeys(seq_lens)) if seq_lens is not None else [base_cfg.seq_len]
     scales = list(dict.fromkeys(weight_scales)) if weight_scales is not None else [base_cfg.weight_scale]
     run = profile or profile_of
     combos = [(c, s, w) for c in cells for s in seq_lens for w in scales]
-    parts = []
+    parts: list[pd.DataFrame] = []
+    skipped: list[tuple[str, int, float, str]] = []
     for i, (cell, seq_len, scale) in enumerate(combos):
         if progress is not None:
             progress(i / len(combos), f"{cell_label(cell)}, T = {seq_len}, weight scale {scale:g} "
                                       f"({i + 1}/{len(combos)})")
-        parts.append(run(cell_config(base_cfg, cell, seq_len=seq_len, weight_scale=scale)))
+        try:
+            parts.append(run(cell_config(base_cfg, cell, seq_len=seq_len, weight_scale=scale)))
+        except (ConfigError, TargetError) as err:
+            if not skip_errors:
+                raise
+            skipped.append((cell, seq_len, scale, str(err)))
     if progress is not None:
         progress(1.0, f"done: {len(combos)} run(s)")
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in PROFILE_COLUMNS})
-    return pd.concat(parts, ignore_index=True)
+    if parts:
+        frame = pd.concat(parts, ignore_index=True)
+    else:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in PROFILE_COLUMNS})
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 __all__ = [
@@ -176,6 +200,7 @@ __all__ = [
     "cell_label",
     "decay_profile",
     "decay_rates",
+    "fit_decay",
     "fit_decay_rate",
     "profile_of",
     "sweep",

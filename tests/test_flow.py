@@ -17,6 +17,7 @@ from gru_explainer.flow import (
     cell_label,
     decay_profile,
     decay_rates,
+    fit_decay,
     fit_decay_rate,
     sweep,
 )
@@ -36,6 +37,13 @@ def test_fit_exact_for_simple_halving() -> None:
     assert fit_decay_rate([0, 1, 2, 3], [8.0, 4.0, 2.0, 1.0]) == pytest.approx(0.5, rel=1e-12)
     assert fit_decay_rate([0, 1, 2, 3], [1.0, 2.0, 4.0, 8.0]) == pytest.approx(2.0, rel=1e-12)
     assert fit_decay_rate([3, 1, 0, 2], [1.0, 4.0, 8.0, 2.0]) == pytest.approx(0.5, rel=1e-12)  # order-free
+
+
+def test_fit_decay_returns_the_intercept() -> None:
+    rate, intercept = fit_decay([1, 2, 3], [30.0, 3.0, 0.3])
+    assert rate == pytest.approx(0.1, rel=1e-12)
+    assert intercept == pytest.approx(math.log10(300.0), rel=1e-12)
+    assert all(math.isnan(v) for v in fit_decay([1], [1.0]))
 
 
 def test_fit_excludes_zeros_and_non_finite_values() -> None:
@@ -152,6 +160,16 @@ def test_sweep_propagates_bad_input() -> None:
         sweep(SMALL, cells=["nope"])
     with pytest.raises(TargetError):
         sweep(SMALL.replace(target="c_n.sum()"), cells=["lstm", "gru"])
+
+
+def test_sweep_can_skip_bad_combinations() -> None:
+    frame = sweep(SMALL.replace(target="y[:, 4].sum()"), cells=["gru"], seq_lens=[3, 6], skip_errors=True)
+    assert set(frame.seq_len) == {6}
+    [(cell, seq_len, scale, message)] = frame.attrs["skipped"]
+    assert (cell, seq_len, scale) == ("gru", 3, 1.0)
+    assert "out of range" in message
+    everything_bad = sweep(SMALL.replace(target="c_n.sum()"), cells=["gru", "rnn_tanh"], skip_errors=True)
+    assert everything_bad.empty and len(everything_bad.attrs["skipped"]) == 2
 
 
 def test_empty_inputs_give_empty_frames() -> None:

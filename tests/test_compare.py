@@ -1,0 +1,138 @@
+"""Devices and engines: both engines agree on the CPU, the table has the expected rows, CUDA rows when present."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gru_explainer import ConfigError, ExplainConfig, TargetError, available_devices, explain
+from gru_explainer.compare import (
+    COMPARE_COLUMNS,
+    WHY_FUSED,
+    compare,
+    distinct_devices,
+    fused_graph_census,
+    max_abs_diff,
+    tolerance,
+)
+
+SMALL = ExplainConfig(cell="gru", num_layers=2, hidden_size=8, seq_len=6, batch_size=2)
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_engines_agree_tightly_in_float64_on_cpu(cell: str, bidirectional: bool) -> None:
+    cfg = SMALL.replace(cell=cell, bidirectional=bidirectional, dtype="float64", target="y.pow(2).mean()")
+    table = compare(cfg, devices=["cpu"], repeats=1)
+    assert list(table.columns) == list(COMPARE_COLUMNS)
+    assert list(zip(table.device, table.engine, strict=True)) == [("cpu", "fused"), ("cpu", "twin")]
+    assert table.agrees.all()
+    assert (table.max_diff <= 1e-12).all(), table.max_diff.tolist()
+    twin = table[table.engine == "twin"].iloc[0]
+    assert twin.reference and twin.max_diff == 0.0
+    assert (table.time_ms > 0).all()
+
+
+def test_float32_tolerance_and_default_devices() -> None:
+    table = compare(SMALL, repeats=1)
+    assert list(table.device.unique()) == distinct_devices()
+    assert len(table) == 2 * len(distinct_devices())
+    cpu = table[table.device == "cpu"]
+    assert cpu.agrees.all()
+    assert (cpu.tolerance >= 1e-6).all() and (cpu.max_diff < 1e-5).all()
+    if not HAS_CUDA:
+        assert set(table.device) == {"cpu"}
+
+
+def test_diffs_match_the_reports() -> None:
+    cfg = SMALL.replace(cell="lstm", target="h_n.sum() + y[:, 2].sum()")
+    table = compare(cfg, devices=["cpu"], engines=["fused"], repeats=1)
+    fused, twin = explain(cfg, engine="fused"), explain(cfg, engine="twin")
+    row = table.iloc[0]
+    for name in ("hidden_grad", "stacked_grad", "input_grad"):
+        expected = (getattr(fused, name).double() - getattr(twin, name).double()).abs().max().item()
+        assert row[f"{name}_diff"] == pytest.approx(expected, abs=1e-15)
+
+
+def test_answer_gru_runs_the_twin_for_both_engines() -> None:
+    table = compare(ExplainConfig(cell="answer_gru", num_layers=1, hidden_size=8, seq_len=5), devices=["cpu"],
+                    repeats=1)
+    assert list(table.engine_used) == ["twin", "twin"] and table.agrees.all()
+
+
+def test_progress_and_bad_input() -> None:
+    calls: list[float] = []
+    compare(SMALL, devices=["cpu"], repeats=1, progress=lambda f, m: calls.append(f))
+    assert calls[0] == 0 and calls[-1] == 1.0 and len(calls) == 3
+    with pytest.raises(ConfigError):
+        compare(SMALL, devices=["tpu"])
+    with pytest.raises(ConfigError):
+        compare(SMALL, repeats=0)
+    with pytest.raises(ConfigError):
+        compare(SMALL, engines=["magic"])
+    with pytest.raises(ConfigError):
+        compare(SMALL.replace(hidden_size=-1))
+    with pytest.raises(TargetError):
+        compare(SMALL.replace(target="c_n.sum()"))
+
+
+def test_distinct_devices() -> None:
+    assert distinct_devices(["cpu", "cpu", "auto"])[0] == "cpu"
+    devices = distinct_devices()
+    assert devices[0] == "cpu" and len(devices) == len(set(devices))
+    assert "cuda" not in devices  # only explicit indices
+    if HAS_CUDA:
+        current = torch.cuda.current_device()
+        assert distinct_devices(["cuda", f"cuda:{current}"]) == [f"cuda:{current}"]
+        assert len([d for d in devices if d.startswith("cuda")]) == torch.cuda.device_count()
+    else:
+        assert devices == available_devices()
+        with pytest.raises(ConfigError, match="not available"):
+            distinct_devices(["cuda"])
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine")
+def test_cuda_rows_agree_with_the_cpu_reference() -> None:  # pragma: no cover - needs a GPU
+    for dtype in ("float32", "float64"):
+        table = compare(SMALL.replace(dtype=dtype), repeats=1)
+        gpu = table[table.device.str.startswith("cuda")]
+        assert len(gpu) == 2 * torch.cuda.device_count()
+        assert gpu.agrees.all(), gpu.to_string()
+    census = fused_graph_census(SMALL)
+    assert "CudnnRnnBackward0" in " ".join(census.kernels)
+
+
+def test_max_abs_diff_handles_special_values() -> None:
+    a = torch.tensor([1.0, math.inf, math.nan, 0.0])
+    assert max_abs_diff(a, a.clone()) == 0.0
+    assert max_abs_diff(a, torch.tensor([1.5, math.inf, math.nan, 0.0])) == 0.5
+    assert max_abs_diff(a, torch.tensor([1.0, 1.0, math.nan, 0.0])) == math.inf
+    assert max_abs_diff(a, torch.zeros(3)) == math.inf
+    assert max_abs_diff(None, None) == 0.0 and max_abs_diff(a, None) == math.inf
+    assert max_abs_diff(torch.zeros(0), torch.zeros(0)) == 0.0
+
+
+def test_tolerance_depends_on_dtype_and_scale() -> None:
+    assert tolerance("float64", 1.0) < tolerance("float32", 1.0)
+    assert tolerance("float32", 100.0) > tolerance("float32", 1.0)
+    assert tolerance("float32", math.inf) == tolerance("float32", 0.0)
+
+
+def test_fused_graph_census_on_cpu() -> None:
+    lstm = fused_graph_census(SMALL.replace(cell="lstm"), devices=["cpu"])
+    assert list(lstm.columns) == ["device", "output_grad_fn", "nodes", "rnn_kernel_nodes", "kernels"]
+    row = lstm.iloc[0]
+    if torch.backends.mkldnn.is_available():
+        assert row.rnn_kernel_nodes == SMALL.num_layers and "Mkldnn" in row.kernels
+    gru = fused_graph_census(SMALL, devices=["cpu"]).iloc[0]
+    assert gru.nodes > 10 and gru.rnn_kernel_nodes == 0
+    with pytest.raises(ConfigError, match="no fused kernel"):
+        fused_graph_census(ExplainConfig(cell="answer_gru", num_layers=1))
+
+
+def test_why_fused_text() -> None:
+    for phrase in ("cuDNN", "retain_grad", "dL/dh_t", "twin", "adjoint"):
+        assert phrase in WHY_FUSED
