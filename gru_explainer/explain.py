@@ -96,32 +96,30 @@ def _named_grads(target_value: Tensor, named: dict[str, Tensor], extra: list[Ten
     return dict(zip(named, grads[: len(named)], strict=True)), grads[len(named):]
 
 
-def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
-    kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
-    hidden, layers = module.hidden_size, module.num_layers
-    # 1. Fused forward, layer by layer (each layer's output is the next one's input; cheap, no graph).
+def fused_forward(module: nn.RNNBase, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor | None]:
+    """The fused forward, layer by layer without a graph: (per-layer outputs [B, T, D*H], h_n, c_n or None)."""
+    layer_outputs, h_finals, c_finals = [], [], []
+    layer_input = x
     with torch.no_grad():
-        layer_outputs, h_finals, c_finals = [], [], []
-        layer_input = x
-        for layer in range(layers):
+        for layer in range(module.num_layers):
             out, finals = single_layer_view(module, layer)(layer_input)
-            if kind == "lstm":
+            if isinstance(finals, tuple):  # LSTM: (h_n, c_n)
                 finals, c_final = finals
                 c_finals.append(c_final)
             layer_outputs.append(out)
             h_finals.append(finals)
             layer_input = out
-    y = layer_outputs[-1]
-    # 2. The target's direct derivatives: autograd on the outputs alone (leaves), head included.
-    named = {"y": y.detach().requires_grad_(), "h_n": torch.cat(h_finals).requires_grad_()}
-    if kind == "lstm":
-        named["c_n"] = torch.cat(c_finals).requires_grad_()
-    with torch.enable_grad():
-        if head is not None:
-            named["out"] = head(named["y"])
-        value = target.evaluate(named)
-        grads, _ = _named_grads(value, named, [])
-    # 3. The adjoint recursion, top layer first; each layer hands its input gradient to the layer below.
+    return layer_outputs, torch.cat(h_finals), torch.cat(c_finals) if c_finals else None
+
+
+def adjoint_pass(module: nn.RNNBase, x: Tensor, layer_outputs: list[Tensor],
+                 grads: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The hidden-state pass: (hidden_grad, cell_grad, input_grad) from the target's direct derivatives.
+
+    Runs the adjoint recursion top layer first; each layer hands its input gradient to the layer below.
+    """
+    kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
+    hidden, layers = module.hidden_size, module.num_layers
     with torch.no_grad():
         shape = (layers, num_dirs, x.shape[0], x.shape[1], hidden)
         hidden_grad = x.new_zeros(shape)
@@ -141,11 +139,30 @@ def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Ta
                 hidden_grad[layer, d] = order(result.hidden_grad).transpose(0, 1)
                 if cell_grad is not None:
                     cell_grad[layer, d] = order(result.cell_grad).transpose(0, 1)
-                input_grad = order(result.input_grad) if input_grad is None else input_grad + order(
-                    result.input_grad)
+                layer_grad = order(result.input_grad)
+                input_grad = layer_grad if input_grad is None else input_grad + layer_grad
             direct = input_grad
+    return hidden_grad, cell_grad, direct.transpose(0, 1)
+
+
+def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
+    # 1. Fused forward (cheap, no graph): every state of every layer.
+    layer_outputs, h_n, c_n = fused_forward(module, x)
+    y = layer_outputs[-1]
+    # 2. The target's direct derivatives: autograd on the outputs alone (leaves), head included.
+    named = {"y": y.detach().requires_grad_(), "h_n": h_n.requires_grad_()}
+    if c_n is not None:
+        named["c_n"] = c_n.requires_grad_()
+    with torch.enable_grad():
+        if head is not None:
+            named["out"] = head(named["y"])
+        value = target.evaluate(named)
+        grads, _ = _named_grads(value, named, [])
+    # 3. The adjoint recursion turns them into total derivatives of every state and of the input.
+    hidden_grad, cell_grad, input_grad = adjoint_pass(module, x, layer_outputs, grads)
+    num_dirs, hidden = (2 if module.bidirectional else 1), module.hidden_size
     states = torch.stack([out.view(*out.shape[:2], num_dirs, hidden).permute(2, 0, 1, 3) for out in layer_outputs])
-    return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=direct.transpose(0, 1),
+    return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=input_grad,
                 hidden_grad=hidden_grad, cell_grad=cell_grad, grads=grads, hidden_states=states)
 
 
