@@ -1,0 +1,112 @@
+"""Gradient explorer: pick a model, data, device and target; see where the gradient lands, per step and per unit."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+import ui
+from gru_explainer import TargetError
+from gru_explainer.charts import gradient_norm_chart, input_grad_chart, unit_heatmap
+from gru_explainer.explain import compile_target
+from gru_explainer.report import DIRECTIONS
+from gru_explainer.snippet import reproduce_snippet
+
+PRESETS = {
+    "last step: y[:, -1].sum()": lambda k: "y[:, -1].sum()",
+    "step k: y[:, k].sum()": lambda k: f"y[:, {k}].sum()",
+    "all steps: y.sum()": lambda k: "y.sum()",
+    "final hidden state: h_n.sum()": lambda k: "h_n.sum()",
+    "final cell state (LSTM): c_n.sum()": lambda k: "c_n.sum()",
+    "head output (linear head): out.sum()": lambda k: "out.sum()",
+    "MSE against zeros: (y[:, -1] ** 2).mean()": lambda k: "(y[:, -1] ** 2).mean()",
+}
+CUSTOM = "custom (type below)"
+STEP_K = re.compile(r"y\[:, (-?\d{1,4})\]\.sum\(\)")
+
+
+def _apply_preset() -> None:
+    """Preset or step k changed: write the preset's expression into the target field."""
+    preset = st.session_state["gx_target_preset"]
+    if preset in PRESETS:
+        st.session_state["gx_target"] = PRESETS[preset](int(st.session_state["gx_target_k"]))
+
+
+def _match_preset() -> None:
+    """Target typed: show the preset it equals (step k included), else "custom"."""
+    text = st.session_state["gx_target"].strip()
+    step = STEP_K.fullmatch(text)
+    if step and int(step.group(1)) != -1:
+        st.session_state["gx_target_k"] = int(step.group(1))
+    k = int(st.session_state["gx_target_k"])
+    st.session_state["gx_target_preset"] = next((p for p, f in PRESETS.items() if f(k) == text), CUSTOM)
+
+
+def _keep(key: str, options: list, default: object) -> None:
+    """Reset a selector whose stored value is no longer among its options (e.g. fewer layers)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default
+
+
+cfg = ui.config_sidebar()
+st.title("Gradient explorer")
+st.caption("Run backward on the target you choose and see where the gradient lands: the stacked output y "
+           "(what `y.retain_grad()` shows) versus the hidden states h_t the recurrence used.")
+
+st.session_state.setdefault("gx_target_k", 0)
+if st.session_state.get("gx_target_synced") != cfg.target or "gx_target" not in st.session_state:
+    st.session_state["gx_target"] = cfg.target  # first visit, or the target was changed on another page
+    _match_preset()
+st.session_state["gx_target_k"] = min(max(int(st.session_state["gx_target_k"]), -cfg.seq_len), cfg.seq_len - 1)
+preset_col, k_col, text_col = st.columns([3, 1, 4])
+preset_col.selectbox("Target preset", [*PRESETS, CUSTOM], key="gx_target_preset", on_change=_apply_preset)
+k_col.number_input("step k", -cfg.seq_len, cfg.seq_len - 1, key="gx_target_k", on_change=_apply_preset,
+                   help="For the 'step k' preset; negative k counts from the end.")
+text = text_col.text_input("Target (scalar to differentiate)", key="gx_target", on_change=_match_preset,
+                           help="Names y (or output), h_n, c_n (LSTM), out (head); subscripts, + - * / **, and "
+                                ".sum() .mean() .abs() .pow(k) .square() .norm(). Must reduce to a scalar.")
+try:
+    compile_target(cfg.replace(target=text))
+except TargetError as err:
+    ui.show_error(err)
+    st.stop()
+cfg = cfg.replace(target=text)
+st.session_state["gx_target_synced"] = text
+ui.set_shared_config(cfg)
+
+report = ui.cached_explain(cfg)
+if report is None:
+    st.stop()
+
+st.subheader("Per-step gradient norm")
+log_scale = st.toggle("Log scale", value=True, key="gx_log",
+                      help="Zeros cannot sit on a log axis: they are drawn as markers on an 'exactly 0' line.")
+st.altair_chart(gradient_norm_chart(report.frame, log_scale), width="content")
+
+st.subheader("Per unit: time × hidden unit")
+layers, dirs = list(range(cfg.num_layers)), list(range(cfg.num_directions))
+_keep("gx_hm_layer", layers, layers[-1])
+_keep("gx_hm_direction", dirs, 0)
+_keep("gx_hm_batch", list(range(cfg.batch_size)), 0)
+c1, c2, c3 = st.columns(3)
+layer = c1.selectbox("Layer", layers, key="gx_hm_layer", help="y (the stacked output) belongs to the last layer.")
+direction = c2.selectbox("Direction", dirs, key="gx_hm_direction", format_func=DIRECTIONS.__getitem__)
+batch = c3.number_input("Batch item", 0, cfg.batch_size - 1, key="gx_hm_batch")
+st.altair_chart(unit_heatmap(report.unit_frame(layer, direction, int(batch))), width="content")
+
+st.subheader("Which inputs matter")
+st.altair_chart(input_grad_chart(report.frame), width="content")
+
+st.subheader("Verdict")
+st.markdown(report.verdict())
+
+st.subheader("The numbers")
+st.dataframe(report.frame, hide_index=True)
+st.download_button("Download CSV", report.frame.to_csv(index=False).encode(), file_name="gradients.csv",
+                   mime="text/csv", on_click="ignore", icon=":material/download:")
+
+st.subheader("Reproduce this in your own code")
+st.caption("Plain PyTorch: the same module, init and input; an unrolled loop exposes every h_t and one "
+           "`torch.autograd.grad` call returns dL/dy and every dL/dh_t. It prints the numbers shown above.")
+st.code(reproduce_snippet(cfg), language="python")
