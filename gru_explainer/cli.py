@@ -1,0 +1,192 @@
+"""Command line: ``python -m gru_explainer explain [options] --out DIR`` (static export, no browser).
+
+Exit codes: 0 written; 2 bad options, config or target (one message on stderr, no traceback);
+1 the export failed for another reason (e.g. the folder is not writable, a missing renderer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .config import CELLS, DTYPES, ENGINES, HEADS, PRESETS, ExplainConfig, Limits, available_devices
+from .errors import ConfigError, TargetError
+
+DEFAULT = ExplainConfig()
+LIMIT_MODES = ("hosted", "local")
+
+# field -> (option type, help text without the default); choices come from config.py.
+_FIELD_HELP: dict[str, str] = {
+    "cell": "recurrent cell; answer_gru is the seed answer's hand-written GRU (1 layer, one direction)",
+    "num_layers": "stacked recurrent layers",
+    "input_size": "features per time step of x",
+    "hidden_size": "hidden units per layer and direction",
+    "bidirectional": "add a reverse direction (its h_t depends on later x)",
+    "head": "none: y is the model output; linear: MyModel's Linear on the last step, named `out` in targets",
+    "head_size": "output features of the linear head",
+    "seq_len": "time steps T",
+    "batch_size": "batch size B",
+    "target": "scalar expression to differentiate, over y, h_n, c_n (LSTM) and out (linear head); "
+              "e.g. 'y[:, -1].sum()', 'h_n[-1].pow(2).mean()', 'out[:, -1].sum()'",
+    "device": "device to compute on",
+    "dtype": "floating-point type",
+    "seed": "seeds the weights and x = torch.rand(B, T, I)",
+    "weight_scale": "multiplies PyTorch's default init range U(±1/√H): >1 tends to explode, <1 to vanish",
+}
+_CHOICES = {"cell": CELLS, "head": HEADS, "dtype": DTYPES}
+
+
+def _limit_text(name: str, limits: Limits) -> str:
+    if name == "seed":
+        return f"0..{2**31 - 1}"
+    if name == "weight_scale":
+        return f"> 0 and <= {limits.max_weight_scale:g}"
+    high = getattr(limits, f"max_{name}", None)
+    return f"1..{high}" if high is not None else ""
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser: one `explain` subcommand whose options mirror `ExplainConfig`'s fields."""
+    hosted, local = Limits(), Limits.local()
+    parser = argparse.ArgumentParser(
+        prog="python -m gru_explainer",
+        description="GRU Gradient Explainer: where gradients go inside recurrent networks "
+                    "(stacked outputs y vs hidden states h_t).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = commands.add_parser(
+        "explain",
+        usage="%(prog)s --out DIR [--preset NAME] [--engine fused|twin] [config options] [output options]",
+        help="compute one explanation and write CSV, JSON and every chart (PNG + SVG) to a folder",
+        description="Compute where the gradient of a target goes and write report.csv (tidy frame), report.json "
+                    "(config, target value, verdict, shapes, per-step norms), verdict.md and the explorer's charts "
+                    "(gradient norm linear/log, unit heatmap, input gradient) as PNG and SVG.",
+        epilog=(f"Size limits are the hosted demo's (state elements B×T×L×D×H <= {hosted.max_state_elements:,}) "
+                f"unless --limits local (or GRU_EXPLAINER_LIMITS=local) raises them, e.g. hidden size <= "
+                f"{local.max_hidden_size}, T <= {local.max_seq_len}, state elements <= "
+                f"{local.max_state_elements:,}. Exit codes: 0 written, 2 invalid options/config/target, "
+                "1 export failed."),
+    )
+    sub.set_defaults(command_parser=sub)
+    sub.add_argument("--out", required=True, type=Path, metavar="DIR",
+                     help="folder to write into (created if needed; files of the same names are overwritten)")
+    sub.add_argument("--preset", choices=PRESETS,
+                     help="start from one of the seed's models; explicit options below override its fields")
+    sub.add_argument("--config", type=Path, metavar="JSON",
+                     help="start from a config JSON (a report.json written by this command, or a plain dict of "
+                          "fields); explicit options override it")
+    sub.add_argument("--engine", choices=ENGINES, default="fused",
+                     help="fused: fused module + adjoint recursion (fast); twin: unrolled twin + autograd "
+                          "(independent check). Default: %(default)s")
+    sub.add_argument("--limits", choices=LIMIT_MODES, default=None,
+                     help="size limits: hosted (the demo's) or local (generous). "
+                          "Default: GRU_EXPLAINER_LIMITS or hosted")
+    group = sub.add_argument_group("config (ExplainConfig fields; defaults are ExplainConfig's, limits the hosted "
+                                   "demo's)")
+    devices = ", ".join(["auto", *available_devices()])
+    for f in fields(ExplainConfig):
+        name = f.name
+        text = _FIELD_HELP.get(name, name)
+        default = getattr(DEFAULT, name)
+        limit = _limit_text(name, hosted)
+        extra = f"; {limit}" if limit and name not in _CHOICES and name not in ("target", "device") else ""
+        if name == "device":
+            extra = f"; available here: {devices}"
+        kwargs: dict[str, Any] = {"default": None, "dest": name}
+        if name in _CHOICES:
+            kwargs["choices"] = _CHOICES[name]
+            kwargs["help"] = f"{text}. Choices: {', '.join(_CHOICES[name])}. Default: {default}"
+        elif isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["help"] = f"{text}. Default: {'on' if default else 'off'}"
+        else:
+            kwargs["type"] = type(default)
+            kwargs["metavar"] = {int: "N", float: "X"}.get(type(default), "TEXT")
+            kwargs["help"] = f"{text}{extra}. Default: {default!r}" if isinstance(default, str) else \
+                f"{text}{extra}. Default: {default}"
+        group.add_argument(_option(name), **kwargs)
+    out = sub.add_argument_group("output")
+    out.add_argument("--scale", type=float, default=2.0, metavar="X",
+                     help="PNG pixel scale (> 0, <= 8). Default: %(default)s")
+    out.add_argument("--heatmap-layer", type=int, default=0, metavar="N",
+                     help="layer of the unit heatmap. Default: %(default)s")
+    out.add_argument("--heatmap-direction", type=int, default=0, metavar="N",
+                     help="direction of the unit heatmap (0 forward, 1 reverse). Default: %(default)s")
+    out.add_argument("--heatmap-batch", type=int, default=0, metavar="N",
+                     help="batch item of the unit heatmap. Default: %(default)s")
+    out.add_argument("--no-images", action="store_true", help="write CSV, JSON and verdict only (no PNG/SVG)")
+    out.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+    return parser
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--config {path}: not valid JSON ({err})") from err
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of config fields")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> ExplainConfig:
+    """The config the options describe: preset or config file, then the explicit options on top (not validated)."""
+    base = ExplainConfig.preset(args.preset) if args.preset else ExplainConfig()
+    if args.config is not None:
+        base = ExplainConfig.from_dict({**base.to_dict(), **_load_config_file(args.config)})
+    changes = {f.name: getattr(args, f.name) for f in fields(ExplainConfig) if getattr(args, f.name) is not None}
+    return base.replace(**changes)
+
+
+def _option_hint(message: str) -> str:
+    """' (option --hidden-size)' when the message is about one config field or heatmap option, else ''."""
+    names = [f.name for f in fields(ExplainConfig)] + ["heatmap_layer", "heatmap_direction", "heatmap_batch"]
+    found = [n for n in names if message.startswith(n + " must")]
+    return f" (option {_option(found[0])})" if found else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 export failed, 2 bad input)."""
+    from .export import ExportError, export_report
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explain_parser: argparse.ArgumentParser = args.command_parser  # its error() prints the subcommand's usage
+    limits = None
+    if args.limits is not None:
+        limits = Limits.local() if args.limits == "local" else Limits()
+    try:
+        cfg = config_from_args(args)
+        paths = export_report(cfg, args.out, engine=args.engine, limits=limits, scale=args.scale,
+                              heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch),
+                              images=not args.no_images)
+    except TargetError as err:
+        explain_parser.error(f"invalid --target: {err}")
+    except ConfigError as err:
+        explain_parser.error(f"invalid config: {err}{_option_hint(str(err))}")
+    except ExportError as err:
+        print(f"{explain_parser.prog}: export failed: {err}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        report_json = json.loads((Path(args.out) / "report.json").read_text(encoding="utf-8"))
+        print(f"target {cfg.target} = {report_json['target_value']} ({report_json['engine']} engine, "
+              f"{report_json['device']}); wrote {len(paths)} files to {args.out}:")
+        for path in paths:
+            print(f"  {path}")
+    return 0
+
+
+__all__ = ["build_parser", "config_from_args", "main"]

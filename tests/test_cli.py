@@ -1,0 +1,224 @@
+"""The static export CLI, run as users run it: `python -m gru_explainer explain ... --out DIR` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gru_explainer import ExplainConfig, explain
+from gru_explainer.cli import build_parser, config_from_args, main
+from gru_explainer.config import CELLS, ENGINES, PRESETS
+from gru_explainer.export import CHARTS, CSV_NAME, JSON_NAME, VERDICT_NAME, json_number, read_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "default": ([], ExplainConfig()),
+    "lstm_bidirectional": (["--cell", "lstm", "--bidirectional", "--num-layers", "2", "--seq-len", "12",
+                            "--target", "y[:, 3].pow(2).sum()"],
+                           ExplainConfig(cell="lstm", bidirectional=True, seq_len=12, target="y[:, 3].pow(2).sum()")),
+}
+EXPECTED_FILES = [CSV_NAME, JSON_NAME, VERDICT_NAME] + [f"{n}.{ext}" for n in CHARTS for ext in ("png", "svg")]
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`python -m gru_explainer <args>` from the repository root, capturing text output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GRU_EXPLAINER_LIMITS", None)
+    return subprocess.run([sys.executable, "-m", "gru_explainer", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ExplainConfig]]:
+    """Both cases exported by concurrent CLI processes (2 cores): name -> (out dir, the config it describes)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GRU_EXPLAINER_LIMITS", None)
+    running = {}
+    for name, (args, cfg) in CASES.items():
+        out = tmp_path_factory.mktemp(name)
+        proc = subprocess.Popen([sys.executable, "-m", "gru_explainer", "explain", *args, "--out", str(out)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[name] = (proc, out, cfg)
+    results = {}
+    for name, (proc, out, cfg) in running.items():
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{stdout}\n{stderr}"
+        assert str(out) in stdout and "wrote" in stdout
+        results[name] = (out, cfg)
+    return results
+
+
+@pytest.fixture(scope="module")
+def reports(exports):
+    """The reports the exports should contain, computed in this process."""
+    return {name: explain(cfg) for name, (_, cfg) in exports.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_file_is_written(exports, case):
+    out, _ = exports[case]
+    missing = [name for name in EXPECTED_FILES if not (out / name).is_file()]
+    assert not missing, f"missing {missing} in {sorted(p.name for p in out.iterdir())}"
+    assert all((out / name).stat().st_size > 0 for name in EXPECTED_FILES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pngs_are_valid_and_not_blank(exports, case):
+    out, _ = exports[case]
+    for stem in CHARTS:
+        path = out / f"{stem}.png"
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            width, height = image.size
+            assert width >= 300 and height >= 150, (stem, image.size)
+            pixels = np.asarray(image.convert("L"), dtype=float)
+        assert pixels.std() > 5, f"{stem}.png looks blank (pixel std {pixels.std():.2f})"
+        assert (pixels < 128).mean() > 0.002, f"{stem}.png has almost no dark pixels (no text or marks)"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_svgs_parse_as_xml(exports, case):
+    out, _ = exports[case]
+    for stem in CHARTS:
+        root = ET.parse(out / f"{stem}.svg").getroot()
+        assert root.tag.endswith("svg"), root.tag
+        assert sum(1 for _ in root.iter()) > 20, f"{stem}.svg has almost no elements"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_csv_equals_the_report_frame(exports, reports, case):
+    out, _ = exports[case]
+    frame = read_frame(out / CSV_NAME)
+    expected = reports[case].frame
+    assert list(frame.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(frame, expected.reset_index(drop=True), check_dtype=False, check_exact=True)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_json_values_equal_the_report(exports, reports, case):
+    out, cfg = exports[case]
+    report = reports[case]
+    data = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    assert data["config"] == cfg.to_dict()
+    assert ExplainConfig.from_dict(data["config"]) == cfg
+    assert data["target"] == cfg.target
+    assert data["target_value"] == json_number(report.target_value)
+    assert data["engine"] == report.engine == "fused"
+    assert data["device"] == report.device
+    assert data["verdict"] == report.verdict()
+    assert (out / VERDICT_NAME).read_text(encoding="utf-8").strip() == report.verdict().strip()
+    assert data["stacked_zero_steps"] == report.stacked_zero_steps
+    assert data["shapes"]["output"] == list(report.output.shape)
+    assert data["shapes"]["hidden_grad"] == list(report.hidden_grad.shape)
+    assert data["shapes"]["inputs"] == [cfg.batch_size, cfg.seq_len, cfg.input_size]
+    if cfg.cell == "lstm":
+        assert data["shapes"]["cell_grad"] == list(report.cell_grad.shape)
+    else:
+        assert data["shapes"]["cell_grad"] is None
+    assert sorted(data["files"]) == sorted(EXPECTED_FILES)
+    frame = report.frame
+    assert len(data["norms"]) == len(frame.groupby(["quantity", "layer", "direction"]))
+    for series in data["norms"]:
+        rows = frame[(frame.quantity == series["quantity"]) & (frame.layer == series["layer"])
+                     & (frame.direction == series["direction"])].sort_values("t")
+        assert series["t"] == rows["t"].tolist()
+        assert series["norm"] == [json_number(v) for v in rows["norm"]]
+        assert series["exactly_zero"] == rows["exactly_zero"].tolist()
+        assert series["structurally_zero"] == rows["structurally_zero"].tolist()
+
+
+def test_lstm_bidirectional_export_shows_both_directions(exports):
+    out, _ = exports["lstm_bidirectional"]
+    data = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    assert {s["direction"] for s in data["norms"] if s["quantity"] == "hidden_state"} == {"forward", "reverse"}
+    assert any(s["quantity"] == "cell_state" for s in data["norms"])
+    # y[:, 3] is read at step 3 only: y.grad is zero at every other step.
+    assert data["stacked_zero_steps"] == [t for t in range(12) if t != 3]
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--cell", "foo"], "--cell"),
+    (["--hidden-size", "0"], "hidden_size"),
+    (["--target", "__import__('os')"], "--target"),
+])
+def test_bad_options_exit_2_with_a_message(tmp_path, args, field):
+    out = tmp_path / "out"
+    result = run_cli("explain", *args, "--out", str(out))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert field in result.stderr
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not out.exists(), "nothing may be written for bad input"
+
+
+def test_help_documents_every_option():
+    result = run_cli("explain", "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # undo argparse's line wrapping
+    for option in ("--out", "--preset", "--engine", "--cell", "--num-layers", "--input-size", "--hidden-size",
+                   "--bidirectional", "--head", "--head-size", "--seq-len", "--batch-size", "--target", "--device",
+                   "--dtype", "--seed", "--weight-scale", "--scale", "--limits"):
+        assert option in text, option
+    for choice in (*CELLS, *ENGINES, *PRESETS):
+        assert choice in text, choice
+    assert "Default: 32" in text  # hidden size default
+    assert "1..256" in text  # hidden size limit (hosted)
+    assert "Exit codes" in text
+
+
+def test_preset_and_overrides():
+    parser = build_parser()
+    args = parser.parse_args(["explain", "--preset", "seed-mymodel", "--seq-len", "7", "--out", "x"])
+    cfg = config_from_args(args)
+    assert cfg == ExplainConfig.preset("seed-mymodel").replace(seq_len=7)
+    args = parser.parse_args(["explain", "--no-bidirectional", "--weight-scale", "0.5", "--out", "x"])
+    assert config_from_args(args) == ExplainConfig(weight_scale=0.5)
+
+
+def test_config_file_round_trip(exports, tmp_path, capsys):
+    """--config report.json reproduces the exported config (in process, no images)."""
+    out, cfg = exports["lstm_bidirectional"]
+    again = tmp_path / "again"
+    assert main(["explain", "--config", str(out / JSON_NAME), "--no-images", "--quiet", "--out", str(again)]) == 0
+    assert capsys.readouterr().out == ""
+    first = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    second = json.loads((again / JSON_NAME).read_text(encoding="utf-8"))
+    assert second["config"] == first["config"]
+    assert second["target_value"] == first["target_value"]
+    assert not list(again.glob("*.png"))
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--preset", "seed-answer-gru", "--num-layers", "2"], "answer_gru"),
+    (["--seq-len", "512", "--batch-size", "64"], "state-size limit"),
+    (["--heatmap-layer", "5"], "heatmap_layer"),
+    (["--device", "tpu9"], "device"),
+    (["--target", "c_n.sum()"], "c_n"),
+    (["--scale", "0"], "scale"),
+])
+def test_invalid_configs_exit_2_in_process(tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", *argv, "--no-images", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "error:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out_exits_1(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["explain", "--no-images", "--out", str(blocker / "sub")]) == 1
+    assert "export failed" in capsys.readouterr().err
