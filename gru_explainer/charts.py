@@ -9,6 +9,7 @@ non-finite step (inf/NaN) as a cross on a ceiling line above the largest value. 
 
 from __future__ import annotations
 
+import json
 import math
 
 import altair as alt
@@ -36,8 +37,20 @@ STATUS = {
     "nonfinite": "non-finite (inf/NaN)",
 }
 STATUS_SHAPES = {"value": "circle", "structural": "square", "underflow": "triangle-down", "nonfinite": "cross"}
-MAX_HEATMAP_CELLS = 30_000
+MAX_HEATMAP_CELLS = 6_000
 """Per heatmap panel; longer sequences are binned over time (each bin shows its value of largest magnitude)."""
+ALTAIR_MAX_ROWS = 5_000
+"""Altair's default row limit for DataFrames; larger data sets are embedded as inline values instead."""
+
+
+def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
+    """`rows` as chart data: the DataFrame itself when small, else inline JSON values (past Altair's row limit).
+
+    Keeps every chart serialisable with `to_dict()` under Altair's default data transformer, for any config.
+    """
+    if len(rows) <= ALTAIR_MAX_ROWS:
+        return rows
+    return alt.InlineData(values=json.loads(rows.to_json(orient="records")))
 
 
 def _fmt(value: float) -> str:
@@ -138,7 +151,7 @@ def _norm_layers(rows: pd.DataFrame, log_scale: bool, y_title: str, extra_toolti
                       legend=alt.Legend(orient="top", labelLimit=260))
     shape = alt.Shape("status_label:N", title="marker", scale=_status_scale(statuses),
                       legend=alt.Legend(orient="top", labelLimit=260))
-    base = (alt.Chart(rows) if embed_data else alt.Chart()).properties(width=width, height=height)
+    base = (alt.Chart(chart_data(rows)) if embed_data else alt.Chart()).properties(width=width, height=height)
     line = base.mark_line(strokeWidth=2, invalid="break-paths-filter-domains").encode(
         x=x, y=alt.Y("line_y:Q", title=y_title, scale=y_scale), color=color, detail="series:N")
     marker = dict(size=60, filled=True, opacity=0.95)
@@ -171,7 +184,7 @@ def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool) -> alt.FacetChart:
                                                       alt.Tooltip("direction:N", title="direction")],
                            width=560 if num_dirs == 1 else 330, height=170, embed_data=False)
     return layered.facet(
-        data=rows,
+        data=chart_data(rows),
         row=alt.Row("layer_label:N", title=None, sort="descending", header=alt.Header(labelAngle=0, labelAlign="left")),
         column=alt.Column("direction:N", title=None, sort=["forward", "reverse"]),
     ).properties(
@@ -198,7 +211,7 @@ def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.Lay
 def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Per-step norm of dL/dx_t: which inputs the target depends on (exact zeros marked, not hidden)."""
     rows = norm_rows(frame, log_scale=False, quantities=("input",))
-    base = alt.Chart(rows).properties(width=560, height=160)
+    base = alt.Chart(chart_data(rows)).properties(width=560, height=160)
     x = alt.X("t:O", title="time step t", axis=alt.Axis(labelOverlap=True))
     y_title = "‖dL/dx_t‖ (L2 over batch × features)"
     bars = base.mark_bar(color=SERIES_COLORS["input"]).encode(
@@ -260,7 +273,7 @@ def unit_heatmap(unit_frame: pd.DataFrame) -> alt.FacetChart:
     subtitle = ("Diverging colour centred on 0 (white = exactly 0); crosses mark inf/NaN. "
                 + (f"Each column shows the value of largest magnitude in {stride} steps." if stride > 1 else ""))
     return alt.layer(cells, crosses).facet(
-        data=rows, column=alt.Column("series:N", title=None, sort=[SERIES[q] for q in quantities]),
+        data=chart_data(rows), column=alt.Column("series:N", title=None, sort=[SERIES[q] for q in quantities]),
     ).properties(title=alt.Title("Gradient per time step and hidden unit", subtitle=subtitle.strip()))
 
 
