@@ -26,7 +26,7 @@ from gru_explainer import ExplainConfig, explain
 from gru_explainer.explain import adjoint_pass, compile_target, fused_forward
 from gru_explainer.models import SeedAnswerGRU, build
 
-B, T, I, H = 16, 256, 32, 128
+B, T, I, H = 16, 256, 32, 128  # noqa: E741 (the issue's names)
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -59,6 +59,8 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
     cfg.validate(limits)
     target = compile_target(cfg)
     device = resolve_device(cfg.device)
+    if device.type == "mps" and cfg.dtype == "float64":
+        raise ConfigError("dtype float64 is not supported on device 'mps'; choose float32 or device 'cpu'")
     built = build(cfg, device)
     if isinstance(built.module, SeedAnswerGRU):
         engine = "twin"  # the answer's model is unrolled by construction: its states are graph nodes already

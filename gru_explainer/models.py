@@ -9,7 +9,10 @@ Initialisation is deterministic and never touches the global RNG: every tensor i
 `torch.Generator` seeded with `cfg.seed`, in this order: the recurrent module's parameters (in
 `named_parameters()` order, U(-k, k) with k = weight_scale / sqrt(hidden_size), PyTorch's default range
 when weight_scale = 1), then the head (weight, bias; U(-1/sqrt(fan_in), 1/sqrt(fan_in))), then the input
-x ~ U[0, 1) of shape [B, T, I] (as the seed's `torch.rand`).
+x ~ U[0, 1) of shape [B, T, I] (as the seed's `torch.rand`). Every draw is made in float64 on the CPU
+(`torch.empty(shape, dtype=torch.float64).uniform_(-k, k, generator=g)`, `torch.rand(..., dtype=torch.float64,
+generator=g)`) and then cast to cfg.dtype and moved to the device, so the float32 model is the float64 model
+rounded, and every device gets the same numbers.
 """
 
 from __future__ import annotations
@@ -106,12 +109,14 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
             bound = 1.0 / math.sqrt(head.fc.in_features)
             for param in (head.fc.weight, head.fc.bias):
                 param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
-    inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=dtype).to(device)
+    inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=torch.float64)
+    inputs = inputs.to(dtype=dtype, device=device)
     return Built(module=module, head=head, inputs=inputs)
 
 
 def _uniform(shape: torch.Size, low: float, high: float, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
-    return torch.empty(shape, dtype=dtype).uniform_(low, high, generator=gen)
+    # Drawn in float64, then rounded: the float32 model is the float64 model at lower precision.
+    return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=gen).to(dtype)
 
 
 def _linear_fan_in(module: nn.Module, param_name: str) -> int:
