@@ -1,0 +1,180 @@
+"""Gradient flow through time: how dL/dh_t decays or grows with the distance from the step the target reads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from gru_explainer import ExplainConfig, Limits
+from gru_explainer.charts import decay_chart, rate_chart
+from gru_explainer.flow import cell_label, decay_rates, profile_of, sweep
+
+CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
+DEFAULT_CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
+SEQ_LENS = (5, 10, 20, 50, 100, 200)
+WEIGHT_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+MAX_SWEEP_RUNS = 60
+"""Bounded work: the sweep refuses more (cell, T, weight scale) combinations than this."""
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _profile(fields: tuple[tuple[str, Any], ...]) -> pd.DataFrame:
+    """One config's decay profile, cached on its plain fields (moving back to a setting is instant)."""
+    return profile_of(ExplainConfig(**dict(fields)))
+
+
+def _cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
+    return _profile(tuple(cfg.to_dict().items()))
+
+
+def _from_url(key: str, options: list, default: list) -> None:
+    """Initialise a multiselect from the URL (key "flow.…") once; unknown values fall back with a notice."""
+    if key in st.session_state:
+        return
+    raw = st.query_params.get(key)
+    if raw is None:
+        st.session_state[key] = default
+        return
+    by_text = {str(o): o for o in options}
+    values = [by_text.get(part.strip()) for part in raw.split(",") if part.strip()]
+    if values and all(v is not None for v in values):
+        st.session_state[key] = list(dict.fromkeys(values))
+    else:
+        st.warning(f"The URL's {key}={raw!r} is not a list of {', '.join(map(str, options))}; using the default.",
+                   icon=":material/link_off:")
+        st.session_state[key] = default
+
+
+def _to_url(key: str, values: list, default: list) -> None:
+    text = ",".join(map(str, values))
+    if values == default:
+        st.query_params.pop(key, None)
+    elif st.query_params.get(key) != text:
+        st.query_params[key] = text
+
+
+def _pick(profile: pd.DataFrame, layer: int, direction: str) -> pd.DataFrame:
+    """The rows of the chosen layer and direction; a cell with fewer layers shows its top layer."""
+    parts = []
+    for _, rows in profile.groupby("cell", sort=False):
+        top = int(rows["layer"].max())
+        parts.append(rows[(rows["layer"] == min(layer, top)) & (rows["direction"] == direction)])
+    return pd.concat(parts, ignore_index=True) if parts else profile.iloc[0:0]
+
+
+def _rate_text(rate: float) -> str:
+    if not math.isfinite(rate):
+        return "n/a"
+    return f"×{rate:.3g} per step"
+
+
+def _rate_help(rate: float) -> str:
+    if not math.isfinite(rate) or rate <= 0:
+        return "Not enough finite, non-zero points to fit."
+    if rate == 1:
+        return "Constant: the gradient keeps its size."
+    steps = 1 / abs(math.log10(rate))
+    way = "smaller" if rate < 1 else "larger"
+    return f"The gradient gets 10× {way} every {steps:.3g} steps back from the target step."
+
+
+cfg = ui.config_sidebar()
+st.title("Gradient flow through time")
+st.caption("Backpropagation through time multiplies dL/dh_t by one Jacobian ∂h_t/∂h_{t-1} per step back, so its "
+           "size changes roughly geometrically with the distance from the step the target reads. Compare cells, "
+           "then sweep the sequence length and the weight scale.")
+
+_from_url("flow.cells", list(CELLS), DEFAULT_CELLS)
+cells = st.multiselect("Cells to compare", CELLS, key="flow.cells", format_func=cell_label,
+                       help="Each cell runs with the sidebar's sizes, seed, target and device; the seed answer's GRU "
+                            "always has one layer.")
+_to_url("flow.cells", cells, DEFAULT_CELLS)
+if not cells:
+    st.info("Choose at least one cell to compare.", icon=":material/info:")
+    st.stop()
+
+col_layer, col_dir = st.columns(2)
+layers = list(range(cfg.num_layers))
+if st.session_state.get("flow_layer") not in layers:
+    st.session_state["flow_layer"] = layers[-1]
+layer = col_layer.selectbox("Layer", layers, key="flow_layer", help="Layer of h_t to follow (top = the one y stacks).")
+directions = ["forward", "reverse"] if cfg.bidirectional else ["forward"]
+direction = col_dir.radio("Direction", directions, key="flow_direction", horizontal=True,
+                          help="Distance counts processing steps: the reverse direction runs from t = T-1 to 0.")
+
+try:
+    profile = sweep(cfg, cells=cells, profile=_cached_profile, skip_errors=True)
+except Exception as err:  # never a traceback: unexpected failures (e.g. out of memory) are shown as errors
+    ui.show_error(err)
+    st.stop()
+for cell, _, _, message in profile.attrs.get("skipped", []):
+    st.error(f"{cell_label(cell)}: {message}", icon=":material/error:")
+if profile.empty:
+    st.stop()
+
+shown = _pick(profile, int(layer), direction)
+rates = decay_rates(shown)
+st.subheader(f"‖dL/dh_t‖ vs steps back, T = {cfg.seq_len}, weight scale {cfg.weight_scale:g}")
+st.altair_chart(decay_chart(shown, rates), width="content")
+
+st.markdown("**Fitted per-step rate** (least squares of log10‖dL/dh_t‖ against the distance; exact zeros and "
+            "inf/NaN left out). Below 1 the gradient vanishes with distance, above 1 it explodes.")
+metric_cols = st.columns(len(rates) or 1)
+for col, row in zip(metric_cols, rates.itertuples(index=False), strict=False):
+    zeros = f" · {row.zero_steps} zero step(s)" if row.zero_steps else ""
+    col.metric(cell_label(row.cell), _rate_text(row.rate), help=_rate_help(row.rate) + zeros,
+               border=True)
+
+st.subheader("Sweep: sequence length × weight scale")
+seq_options = sorted({t for t in SEQ_LENS if t <= Limits.from_env().max_seq_len} | {cfg.seq_len})
+scale_options = sorted(set(WEIGHT_SCALES) | {float(cfg.weight_scale)})
+default_lens, default_scales = [cfg.seq_len], sorted({0.5, 1.0, 2.0, float(cfg.weight_scale)})
+_from_url("flow.T", seq_options, default_lens)
+_from_url("flow.scale", scale_options, default_scales)
+c1, c2 = st.columns(2)
+seq_lens = c1.multiselect("Sequence lengths T", seq_options, key="flow.T")
+scales = c2.multiselect("Weight scales", scale_options, key="flow.scale", format_func=lambda v: f"{v:g}",
+                        help="Multiplies PyTorch's init range U(±1/√H): above 1 gradients tend to explode, "
+                             "below 1 to vanish.")
+_to_url("flow.T", seq_lens, default_lens)
+_to_url("flow.scale", scales, default_scales)
+runs = len(cells) * len(seq_lens) * len(scales)
+if not seq_lens or not scales:
+    st.info("Choose at least one sequence length and one weight scale.", icon=":material/info:")
+    st.stop()
+if runs > MAX_SWEEP_RUNS:
+    st.warning(f"That is {runs} runs; choose at most {MAX_SWEEP_RUNS} (cells × lengths × scales).",
+               icon=":material/warning:")
+    st.stop()
+
+bar = st.progress(0.0, text="Sweeping…")
+try:
+    swept = sweep(cfg, cells=cells, seq_lens=sorted(seq_lens), weight_scales=sorted(scales),
+                  progress=lambda done, message: bar.progress(min(max(done, 0.0), 1.0), text=message),
+                  profile=_cached_profile, skip_errors=True)
+except Exception as err:
+    bar.empty()
+    ui.show_error(err)
+    st.stop()
+bar.empty()
+skipped = swept.attrs.get("skipped", [])
+if skipped:
+    listed = "; ".join(f"{cell_label(c)} T={t} scale {w:g}: {m}" for c, t, w, m in skipped[:5])
+    more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    st.warning(f"Skipped {len(skipped)} combination(s): {listed}{more}", icon=":material/warning:")
+if swept.empty:
+    st.stop()
+swept_rates = decay_rates(_pick(swept, int(layer), direction))
+st.altair_chart(rate_chart(swept_rates), width="content")
+table = swept_rates.assign(cell=swept_rates["cell"].map(cell_label)).pivot(
+    index=["cell", "seq_len"], columns="weight_scale", values="rate").reset_index()
+table.columns = ["cell", "T", *[f"scale {c:g}" for c in table.columns[2:]]]
+st.dataframe(table, hide_index=True, column_config={
+    c: st.column_config.NumberColumn(c, format="%.4g", help="fitted rate per step") for c in table.columns[2:]})
+st.caption("Fitted rate per step for each cell (rows) and weight scale (columns). The LSTM's additive cell path "
+           "and the GRU's update gate let some gradient skip the repeated multiplication; the plain RNN's "
+           "gradient is multiplied by W_hh and the activation's slope at every step.")

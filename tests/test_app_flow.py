@@ -1,0 +1,156 @@
+"""AppTest of the flow page: defaults, widget changes, chart data equal to the core's output, errors shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from gru_explainer import ExplainConfig, explain
+from gru_explainer.flow import cell_config, decay_profile, decay_rates, sweep
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "flow.py")
+
+
+def chart_datasets(element) -> list[pd.DataFrame]:
+    """The named datasets of a vega_lite_chart element (what the browser receives), as DataFrames."""
+    return [convert_arrow_bytes_to_pandas_df(d.data.data) for d in element.proto.datasets]
+
+
+def chart_spec(element) -> dict:
+    return json.loads(element.proto.spec)
+
+
+def dataset_with(element, *columns: str) -> pd.DataFrame:
+    found = [df for df in chart_datasets(element) if set(columns) <= set(df.columns)]
+    assert len(found) == 1, [list(df.columns) for df in chart_datasets(element)]
+    return found[0]
+
+
+def _run(config: ExplainConfig | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=90)
+    if config is not None:
+        at.session_state["gx_config"] = config
+    return at.run()
+
+
+def _assert_profile_matches(chart_rows: pd.DataFrame, cfg: ExplainConfig, cells: list[str], layer: int,
+                            direction: str) -> None:
+    for cell in cells:
+        expected = decay_profile(explain(cell_config(cfg, cell)))
+        top = int(expected.layer.max())
+        expected = expected[(expected.layer == min(layer, top)) & (expected.direction == direction)]
+        got = chart_rows[chart_rows.cell == cell].sort_values("distance")
+        expected = expected.sort_values("distance")
+        assert list(got.t) == list(expected.t)
+        assert list(got.distance) == list(expected.distance)
+        np.testing.assert_allclose(got.norm.astype(float), expected.norm, rtol=1e-12)
+
+
+def test_defaults_run_and_chart_data_matches_the_core() -> None:
+    at = _run()
+    assert not at.exception
+    assert not at.error
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    cfg = ExplainConfig()
+    rows = dataset_with(charts[0], "cell", "distance", "norm")
+    assert list(dict.fromkeys(rows.cell)) == ["gru", "lstm", "rnn_tanh", "rnn_relu"]
+    _assert_profile_matches(rows, cfg, ["gru", "lstm", "rnn_tanh", "rnn_relu"], layer=1, direction="forward")
+    spec = chart_spec(charts[0])
+    assert spec["title"]["text"].startswith("How the hidden-state gradient")
+    assert any(layer.get("encoding", {}).get("y", {}).get("scale", {}).get("type") == "log"
+               for layer in spec["layer"])
+    # Metrics: the fitted rate per cell, equal to the core's fit.
+    rates = decay_rates(sweep(cfg, cells=["gru", "lstm", "rnn_tanh", "rnn_relu"]))
+    top = rates[rates.layer == 1].set_index("cell").rate
+    assert [m.label for m in at.metric] == ["GRU", "LSTM", "RNN tanh", "RNN relu"]
+    for metric, cell in zip(at.metric, ["gru", "lstm", "rnn_tanh", "rnn_relu"], strict=True):
+        assert metric.value == f"×{top[cell]:.3g} per step"
+    # The sweep: rates for weight scales 0.5, 1, 2 at T = 10.
+    sweep_rows = dataset_with(charts[1], "cell", "weight_scale", "rate")
+    assert sorted(set(sweep_rows.weight_scale)) == [0.5, 1.0, 2.0]
+    expected = decay_rates(sweep(cfg, weight_scales=[0.5, 1.0, 2.0]))
+    expected = expected[expected.layer == 1]
+    merged = sweep_rows.merge(expected, on=["cell", "seq_len", "weight_scale"], suffixes=("", "_core"))
+    assert len(merged) == len(expected) == 12
+    np.testing.assert_allclose(merged.rate, merged.rate_core, rtol=1e-12)
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 4
+
+
+def test_lstm_bidirectional_reverse_direction_and_target() -> None:
+    cfg = ExplainConfig(cell="lstm", bidirectional=True, target="y[:, 3].sum()")
+    at = _run(cfg)
+    assert not at.exception and not at.error
+    at.radio(key="flow_direction").set_value("reverse").run()
+    at.multiselect(key="flow.cells").set_value(["lstm", "gru"]).run()
+    assert not at.exception and not at.error
+    rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
+    assert set(rows.direction) == {"reverse"}
+    _assert_profile_matches(rows, cfg, ["lstm", "gru"], layer=1, direction="reverse")
+    # Reverse direction reads y[:, 3]: processed from T-1 down to 0, so steps 3..9 reach the target.
+    assert sorted(set(rows.t)) == list(range(3, 10))
+
+
+def test_widget_changes_rerun_cleanly_and_go_to_the_url() -> None:
+    at = _run()
+    at.selectbox(key="flow_layer").set_value(0).run()
+    assert not at.exception
+    rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
+    assert set(rows.layer) == {0}
+    at.multiselect(key="flow.scale").set_value([0.25, 4.0]).run()
+    at.multiselect(key="flow.T").set_value([5, 20]).run()
+    at.multiselect(key="flow.cells").set_value(["rnn_tanh", "answer_gru"]).run()
+    assert not at.exception and not at.error
+    sweep_rows = dataset_with(at.get("vega_lite_chart")[1], "cell", "weight_scale", "rate")
+    assert set(zip(sweep_rows.cell, sweep_rows.seq_len, sweep_rows.weight_scale, strict=True)) == {
+        (c, t, w) for c in ["rnn_tanh", "answer_gru"] for t in [5, 20] for w in [0.25, 4.0]}
+    assert at.query_params["flow.cells"] == "rnn_tanh,answer_gru"
+    assert at.query_params["flow.T"] == "5,20"
+    # Sidebar change (shared config): the weight scale of the comparison follows it.
+    at.number_input(key="gx_weight_scale").set_value(2.0).run()
+    assert not at.exception
+    rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
+    assert set(rows.weight_scale) == {2.0}
+
+
+def test_url_values_restore_the_view_and_bad_ones_fall_back() -> None:
+    at = AppTest.from_file(PAGE, default_timeout=90)
+    at.query_params["flow.cells"] = "lstm"
+    at.query_params["flow.scale"] = "0.5,banana"
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="flow.cells").value == ["lstm"]
+    assert at.multiselect(key="flow.scale").value == [0.5, 1.0, 2.0]
+    assert any("flow.scale" in w.value for w in at.warning)
+
+
+def test_bad_target_for_some_cells_shows_errors_and_no_exception() -> None:
+    at = _run(ExplainConfig(target="c_n.sum()"))
+    assert not at.exception
+    messages = [e.value for e in at.error]
+    assert any("c_n" in m and "GRU" in m for m in messages)
+    rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
+    assert set(rows.cell) == {"lstm"}  # the LSTM still has c_n and is drawn
+
+
+def test_too_large_config_shows_the_core_error() -> None:
+    at = _run(ExplainConfig(seq_len=512, batch_size=64, hidden_size=256))
+    assert not at.exception
+    assert at.error and "state-size limit" in at.error[0].value
+    assert not at.get("vega_lite_chart")
+
+
+@pytest.mark.parametrize("scales", [[], [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0]])
+def test_empty_or_oversized_sweeps_are_refused_politely(scales: list[float]) -> None:
+    at = _run()
+    at.multiselect(key="flow.T").set_value([5, 10, 20, 50]).run()
+    at.multiselect(key="flow.scale").set_value(scales).run()
+    assert not at.exception and not at.error
+    assert len(at.get("vega_lite_chart")) == 1
+    assert at.info or at.warning
