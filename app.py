@@ -20,17 +20,13 @@ PAGES = [
 ]
 
 
-@st.cache_resource
-def _process_setup() -> None:
-    """Process-wide torch settings, applied once per server process (not per session or rerun)."""
-    # set_flush_denormal is a process-wide flag and Streamlit serves every session from threads of this one
-    # process, so it is set once here, at startup, deliberately and for everyone. Flushing denormals makes
-    # vanishing gradients reach exact zeros sooner; the core reports those as `underflow` (a path exists),
-    # never as structural zeros (no path), so the explanation stays correct.
-    torch.set_flush_denormal(True)
-
-
-_process_setup()
+# Flush denormals to zero: vanishing gradients then reach exact zeros sooner, which the core reports as
+# `underflow` (a graph path exists), never as structural zeros (no path), so the explanation stays correct.
+# It is deliberately one setting for the whole server, the same value for every session. Note that the CPU flag
+# behind it (MXCSR on x86) belongs to a thread, not the process, and Streamlit executes each script run in its own
+# thread, so this line runs at the start of every run, here in the entry point: setting it is a cheap, idempotent
+# register write, and every page's computation (and any thread it starts) then sees it.
+torch.set_flush_denormal(True)
 st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon=":material/timeline:")
 pages = [st.Page(path, title=title, icon=icon, default=i == 0)
          for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
