@@ -6,6 +6,8 @@ Interface used by all pages (keep it stable):
     config_sidebar() -> ExplainConfig          architecture / data / device widgets in the sidebar; updates and returns
     cached_explain(cfg, engine="fused")        GradientReport, or None after showing the core's error with st.error
     show_error(err) -> None                    st.error with the message only (never a traceback)
+Extra helper for report charts:
+    report_chart(cfg, kind, *args, engine="fused")   draw a `gru_explainer.charts` chart of explain(cfg), cached
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from typing import Any
 
 import streamlit as st
 
-from gru_explainer import ConfigError, ExplainConfig, GradientReport, Limits, TargetError, available_devices, explain
+from gru_explainer import (
+    ConfigError,
+    ExplainConfig,
+    GradientReport,
+    Limits,
+    TargetError,
+    available_devices,
+    charts,
+    explain,
+)
 from gru_explainer.config import CELLS, DTYPES, HEADS
 from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
 
@@ -81,6 +92,31 @@ def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport 
     return None
 
 
+REPORT_CHARTS = {
+    "norm": lambda report, log_scale: charts.gradient_norm_chart(report.frame, log_scale),
+    "heatmap": lambda report, layer, direction, batch: charts.unit_heatmap(report.unit_frame(layer, direction, batch)),
+    "input": lambda report: charts.input_grad_chart(report.frame),
+    "puzzle": lambda report: charts.puzzle_chart(report.frame, report.config.target),
+}
+"""Charts of one report by name; `report_chart` caches their Vega-Lite specs."""
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _chart_spec(fields: tuple[tuple[str, Any], ...], engine: str, kind: str, args: tuple) -> dict:
+    """Build and serialise a report chart once: Altair's construction and validation cost ~0.1 s per chart."""
+    return REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict()
+
+
+def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused") -> None:
+    """Draw chart `kind` (see REPORT_CHARTS) of explain(cfg) from a cached spec; shows the error if cfg is invalid."""
+    try:
+        spec = _chart_spec(tuple(cfg.to_dict().items()), engine, kind, tuple(args))
+    except Exception as err:  # the same errors cached_explain reports; never a traceback
+        show_error(err)
+        return
+    st.vega_lite_chart(spec=spec, width="content" if "facet" in spec else "stretch")
+
+
 def _sync_widgets(cfg: ExplainConfig) -> None:
     """Initialise the sidebar widgets from `cfg` when they are new or the config was changed elsewhere."""
     if st.session_state.get(SYNCED_KEY) == cfg and all(f"gx_{n}" in st.session_state for n in SIDEBAR_FIELDS):
@@ -138,4 +174,4 @@ def config_sidebar() -> ExplainConfig:
     return new
 
 
-__all__ = ["cached_explain", "config_sidebar", "set_shared_config", "shared_config", "show_error"]
+__all__ = ["cached_explain", "config_sidebar", "report_chart", "set_shared_config", "shared_config", "show_error"]

@@ -8,7 +8,6 @@ import streamlit as st
 
 import ui
 from gru_explainer import TargetError
-from gru_explainer.charts import gradient_norm_chart, input_grad_chart, unit_heatmap
 from gru_explainer.explain import compile_target
 from gru_explainer.report import DIRECTIONS
 from gru_explainer.snippet import reproduce_snippet
@@ -82,7 +81,7 @@ if report is None:
 st.subheader("Per-step gradient norm")
 log_scale = st.toggle("Log scale", value=True, key="gx_log",
                       help="Zeros cannot sit on a log axis: they are drawn as markers on an 'exactly 0' line.")
-st.altair_chart(gradient_norm_chart(report.frame, log_scale), width="content")
+ui.report_chart(cfg, "norm", log_scale)
 
 st.subheader("Per unit: time × hidden unit")
 layers, dirs = list(range(cfg.num_layers)), list(range(cfg.num_directions))
@@ -93,10 +92,10 @@ c1, c2, c3 = st.columns(3)
 layer = c1.selectbox("Layer", layers, key="gx_hm_layer", help="y (the stacked output) belongs to the last layer.")
 direction = c2.selectbox("Direction", dirs, key="gx_hm_direction", format_func=DIRECTIONS.__getitem__)
 batch = c3.number_input("Batch item", 0, cfg.batch_size - 1, key="gx_hm_batch")
-st.altair_chart(unit_heatmap(report.unit_frame(layer, direction, int(batch))), width="content")
+ui.report_chart(cfg, "heatmap", layer, direction, int(batch))
 
 st.subheader("Which inputs matter")
-st.altair_chart(input_grad_chart(report.frame), width="content")
+ui.report_chart(cfg, "input")
 
 st.subheader("Verdict")
 st.markdown(report.verdict())

@@ -9,7 +9,6 @@ import torch
 
 import ui
 from gru_explainer import ExplainConfig
-from gru_explainer.charts import puzzle_chart
 
 MY_MODEL = '''class MyModel(nn.Module):
     def __init__(self):
@@ -121,7 +120,7 @@ with prints:
                 "received gradient at every step; the stacked copy `y` did not.")
 
 st.subheader("One chart answers it")
-st.altair_chart(puzzle_chart(second.frame, second.config.target), width="stretch")
+ui.report_chart(second.config, "puzzle")
 st.caption("SecondModel (nn.GRU, 2 layers), target `y[:, -1].sum()`, last layer: the gradient of the stacked "
            "output y per step vs the total derivative dL/dh_t of the hidden state the recurrence used at that step.")
 
