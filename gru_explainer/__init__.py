@@ -8,8 +8,17 @@
 """
 
 from .config import ExplainConfig, Limits, available_devices
-from .errors import ConfigError, TargetError
+from .errors import ConfigError, DeviceError, TargetError
 from .explain import explain
 from .report import GradientReport
 
-__all__ = ["ConfigError", "ExplainConfig", "GradientReport", "Limits", "TargetError", "available_devices", "explain"]
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "ExplainConfig",
+    "GradientReport",
+    "Limits",
+    "TargetError",
+    "available_devices",
+    "explain",
+]

@@ -9,3 +9,7 @@ class ConfigError(ValueError):
 
 class TargetError(ValueError):
     """The target expression cannot be parsed, uses something outside the target language, or is not scalar."""
+
+
+class DeviceError(RuntimeError):
+    """The computation failed on an accelerator (out of memory, driver fault); the CPU remains a fallback."""

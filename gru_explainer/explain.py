@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .adjoint import layer_adjoint
 from .config import ENGINES, ExplainConfig, Limits, resolve_device
-from .errors import ConfigError, TargetError
+from .errors import ConfigError, DeviceError, TargetError
 from .models import SeedAnswerGRU, UnrolledTwin, build, cell_kind, layer_params, single_layer_view
 from .report import GradientReport
 from .target import Target, parse_target
@@ -61,16 +61,23 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
     device = resolve_device(cfg.device)
     if device.type == "mps" and cfg.dtype == "float64":
         raise ConfigError("dtype float64 is not supported on device 'mps'; choose float32 or device 'cpu'")
-    built = build(cfg, device)
-    if isinstance(built.module, SeedAnswerGRU):
-        engine = "twin"  # the answer's model is unrolled by construction: its states are graph nodes already
-        raw = _run_answer(built.module, built.head, built.inputs, target)
-    elif engine == "twin":
-        raw = _run_twin(built.module, built.head, built.inputs, target)
-    else:
-        raw = _run_fused(built.module, built.head, built.inputs, target)
+    try:
+        built = build(cfg, device)
+        if isinstance(built.module, SeedAnswerGRU):
+            engine = "twin"  # the answer's model is unrolled by construction: its states are graph nodes already
+            raw = _run_answer(built.module, built.head, built.inputs, target)
+        elif engine == "twin":
+            raw = _run_twin(built.module, built.head, built.inputs, target)
+        else:
+            raw = _run_fused(built.module, built.head, built.inputs, target)
+        cpu = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in raw.items()}
+    except RuntimeError as err:  # torch.OutOfMemoryError and driver faults are RuntimeErrors too
+        if device.type == "cpu":
+            raise
+        raise DeviceError(f"the computation failed on device {str(device)!r} ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'no message'}); choose device 'cpu' "
+                          "to run it on the CPU instead") from err
     masks = structural_masks(cfg, target)
-    cpu = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in raw.items()}
     return GradientReport(
         config=cfg,
         engine=engine,
