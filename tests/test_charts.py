@@ -177,3 +177,18 @@ def test_puzzle_chart_is_the_seed_answer() -> None:
     assert (stacked.loc[:8, "status"] == "structural").all() and stacked.loc[9, "status"] == "value"
     assert (hidden["status"] == "value").all()
     np.testing.assert_allclose(hidden["norm"].to_numpy(float), report.hidden_grad[1, 0].double().norm(dim=(0, 2)))
+
+
+def test_specs_compile_and_render_in_vega(lstm_report, special_frame) -> None:
+    """Every chart renders with the real Vega-Lite compiler (catches specs Altair accepts but Vega rejects)."""
+    vlc = pytest.importorskip("vl_convert")
+    cases = [(gradient_norm_chart(special_frame, True), ["Where the gradient lands", "exactly 0", "inf / NaN"]),
+             (gradient_norm_chart(special_frame, False), ["Where the gradient lands", "inf / NaN"]),
+             (unit_heatmap(lstm_report.unit_frame(0, 1)), ["Gradient per time step and hidden unit"]),
+             (input_grad_chart(lstm_report.frame), ["Which inputs the target depends on"]),
+             (puzzle_chart(lstm_report.frame), ["y.grad is zero before the read step"])]
+    for chart, texts in cases:
+        svg = vlc.vegalite_to_svg(json.dumps(chart.to_dict()))
+        assert svg.startswith("<svg")
+        for text in texts:
+            assert text in svg, text
