@@ -121,6 +121,18 @@ rates = decay_rates(shown)
 st.subheader(f"‖dL/dh_t‖ vs steps back, T = {cfg.seq_len}, weight scale {cfg.weight_scale:g}")
 st.altair_chart(decay_chart(shown, rates), width="content")
 
+with st.expander("How this is measured"):
+    st.markdown(
+        "- **Distance** k counts processing steps back from the *anchor*: the last step (in the direction's own "
+        "processing order) whose state still reaches the target. For `y[:, -1].sum()` that is t = T-1 of a forward "
+        "direction; a reverse direction runs from t = T-1 down to 0, so its distance grows with t. Steps after the "
+        "anchor cannot influence the target (structural zeros) and are not drawn.\n"
+        "- **‖dL/dh_t‖** is the total derivative's L2 norm over the batch and the hidden units, exactly the "
+        "explorer's hidden-state curve.\n"
+        "- **Rate**: the least-squares slope b of log10‖dL/dh_t‖ against k gives the per-step factor 10^b. Exact "
+        "zeros (underflow) and inf/NaN carry no magnitude and are left out of the fit, but stay on the chart as "
+        "markers.")
+
 st.markdown("**Fitted per-step rate** (least squares of log10‖dL/dh_t‖ against the distance; exact zeros and "
             "inf/NaN left out). Below 1 the gradient vanishes with distance, above 1 it explodes.")
 metric_cols = st.columns(len(rates) or 1)
