@@ -136,3 +136,19 @@ def test_fused_graph_census_on_cpu() -> None:
 def test_why_fused_text() -> None:
     for phrase in ("cuDNN", "retain_grad", "dL/dh_t", "twin", "adjoint"):
         assert phrase in WHY_FUSED
+
+
+def test_difference_and_timing_charts() -> None:
+    from gru_explainer.charts import difference_chart, difference_rows, timing_chart
+
+    table = compare(SMALL, devices=["cpu"], repeats=1)
+    rows = difference_rows(table)
+    assert len(rows) == 3 * len(table)
+    zero = rows[rows["diff"] == 0]
+    assert (zero.status == "exactly 0 (identical)").all() and len(zero) >= 3  # the twin row is the reference
+    positive = rows[rows["diff"] > 0]
+    if len(positive):
+        assert (zero.plot_x < positive.plot_x.min()).all()
+    for chart in (difference_chart(table), timing_chart(table)):
+        spec = chart.to_dict()
+        assert spec["title"]["text"]

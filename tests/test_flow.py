@@ -197,3 +197,27 @@ def test_nonfinite_gradients_are_flagged_and_excluded() -> None:
     assert rates.points.iloc[0] == len(good)
     assert rates.rate.iloc[0] == pytest.approx(fit_decay_rate(good.distance, good.norm))
     assert math.isfinite(rates.rate.iloc[0]) and rates.rate.iloc[0] > 1
+
+
+def test_decay_chart_marks_zeros_and_infinities_and_serialises() -> None:
+    from gru_explainer.charts import decay_chart, decay_rows, fit_rows, rate_chart
+
+    zeros = decay_profile(explain(ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=16, seq_len=120,
+                                                weight_scale=0.05)))
+    infs = decay_profile(explain(ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=32, seq_len=500,
+                                               weight_scale=10.0)))
+    for profile in (zeros, infs):
+        rows = decay_rows(profile)
+        values = rows[rows.status == "value"].plot_y
+        assert (rows[rows.status == "underflow"].plot_y < values.min()).all()
+        assert (rows[rows.status == "nonfinite"].plot_y > values.max()).all()
+        assert rows.line_y[rows.status != "value"].isna().all()
+        rates = decay_rates(profile)
+        fits = fit_rows(rates, profile)
+        used = profile[np.isfinite(profile.norm) & (profile.norm > 0)]
+        assert list(fits.distance) == [used.distance.min(), used.distance.max()]
+        spec = decay_chart(profile, rates).to_dict()
+        assert spec["title"]["text"] and all("encoding" in layer for layer in spec["layer"])
+    swept = sweep(SMALL, cells=["gru", "rnn_relu"], weight_scales=[0.5, 2.0])
+    spec = rate_chart(decay_rates(swept)).to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
