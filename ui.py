@@ -31,7 +31,6 @@ from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_que
 
 CONFIG_KEY = "gx_config"
 NOTICES_KEY = "gx_config_notices"
-SYNCED_KEY = "gx_sidebar_synced"
 CELL_LABELS = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)",
                "answer_gru": "Seed answer's hand-written GRU"}
 HEAD_LABELS = {"none": "none (y is the output)", "linear": "Linear on the last step (MyModel)"}
@@ -117,61 +116,69 @@ def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused
     st.vega_lite_chart(spec=spec, width="content" if "facet" in spec else "stretch")
 
 
-def _sync_widgets(cfg: ExplainConfig) -> None:
-    """Initialise the sidebar widgets from `cfg` when they are new or the config was changed elsewhere."""
-    if st.session_state.get(SYNCED_KEY) == cfg and all(f"gx_{n}" in st.session_state for n in SIDEBAR_FIELDS):
-        return
-    for name in SIDEBAR_FIELDS:
-        st.session_state[f"gx_{name}"] = getattr(cfg, name)
-    st.session_state["gx_weight_scale"] = max(MIN_WEIGHT_SCALE, float(cfg.weight_scale))
+def _widget_values(cfg: ExplainConfig, devices: list[str]) -> dict[str, Any]:
+    """The sidebar widgets' values for `cfg`, clamped to what the widgets accept."""
+    values = {f"gx_{name}": getattr(cfg, name) for name in SIDEBAR_FIELDS}
+    values["gx_weight_scale"] = max(MIN_WEIGHT_SCALE, float(cfg.weight_scale))
+    if cfg.device not in devices:
+        values["gx_device"] = "auto"
+    return values
+
+
+def _on_sidebar_change() -> None:
+    """A sidebar widget changed (runs before the script): fold the widgets' values into the shared config."""
+    cfg = st.session_state.get(CONFIG_KEY, ExplainConfig())
+    changes = {name: st.session_state.get(f"gx_{name}", getattr(cfg, name)) for name in SIDEBAR_FIELDS}
+    if changes["cell"] == "answer_gru":  # the seed answer's GRU: exactly one layer and one direction
+        changes.update(num_layers=1, bidirectional=False)
+    casts = dict.fromkeys(("num_layers", "input_size", "hidden_size", "head_size", "seq_len", "batch_size", "seed"),
+                          int)
+    changes = {name: casts.get(name, lambda v: v)(value) for name, value in changes.items()}
+    changes["bidirectional"], changes["weight_scale"] = bool(changes["bidirectional"]), float(changes["weight_scale"])
+    set_shared_config(cfg.replace(**changes))
 
 
 def config_sidebar() -> ExplainConfig:
-    """Sidebar widgets for the architecture, data and device; stores and returns the updated shared config."""
+    """Sidebar widgets for the architecture, data and device; stores and returns the updated shared config.
+
+    The shared config is the single source of truth: the widgets are re-seeded from it on every run (so they
+    survive page switches and never fall back to their own defaults) and an on_change callback writes edits back.
+    """
     cfg = shared_config()
     limits = Limits.from_env()
-    _sync_widgets(cfg)
     devices = ["auto", *available_devices()]
-    if st.session_state["gx_device"] not in devices:
-        st.session_state["gx_device"] = "auto"
+    for key, value in _widget_values(cfg, devices).items():
+        st.session_state[key] = value
+    single = cfg.cell == "answer_gru"
+    on = dict(on_change=_on_sidebar_change)
     bar = st.sidebar
     bar.header("Model")
-    cell = bar.selectbox("Cell", CELLS, key="gx_cell", format_func=CELL_LABELS.__getitem__,
-                         help="The recurrent cell. The seed answer's GRU is unrolled by hand (1 layer, one direction).")
-    single = cell == "answer_gru"
-    if single:
-        st.session_state["gx_num_layers"], st.session_state["gx_bidirectional"] = 1, False
-    num_layers = bar.number_input("Layers", 1, limits.max_num_layers, key="gx_num_layers", disabled=single)
-    bidirectional = bar.toggle("Bidirectional", key="gx_bidirectional", disabled=single,
-                               help="A second direction reads the sequence backwards (its h_t depends on later x).")
+    bar.selectbox("Cell", CELLS, key="gx_cell", format_func=CELL_LABELS.__getitem__, **on,
+                  help="The recurrent cell. The seed answer's GRU is unrolled by hand (1 layer, one direction).")
+    bar.number_input("Layers", 1, limits.max_num_layers, key="gx_num_layers", disabled=single, **on)
+    bar.toggle("Bidirectional", key="gx_bidirectional", disabled=single, **on,
+               help="A second direction reads the sequence backwards (its h_t depends on later x).")
     col1, col2 = bar.columns(2)
-    input_size = col1.number_input("Input size", 1, limits.max_input_size, key="gx_input_size")
-    hidden_size = col2.number_input("Hidden size", 1, limits.max_hidden_size, key="gx_hidden_size")
-    head = bar.selectbox("Head", HEADS, key="gx_head", format_func=HEAD_LABELS.__getitem__,
-                         help="MyModel's head: out = Linear(y[:, -1]).view(-1, head_size, 1), named `out` in targets.")
-    head_size = bar.number_input("Head size", 1, limits.max_head_size, key="gx_head_size", disabled=head == "none")
+    col1.number_input("Input size", 1, limits.max_input_size, key="gx_input_size", **on)
+    col2.number_input("Hidden size", 1, limits.max_hidden_size, key="gx_hidden_size", **on)
+    bar.selectbox("Head", HEADS, key="gx_head", format_func=HEAD_LABELS.__getitem__, **on,
+                  help="MyModel's head: out = Linear(y[:, -1]).view(-1, head_size, 1), named `out` in targets.")
+    bar.number_input("Head size", 1, limits.max_head_size, key="gx_head_size", disabled=cfg.head == "none", **on)
     bar.header("Data")
     col1, col2 = bar.columns(2)
-    seq_len = col1.number_input("Sequence length T", 1, limits.max_seq_len, key="gx_seq_len")
-    batch_size = col2.number_input("Batch size B", 1, limits.max_batch_size, key="gx_batch_size")
+    col1.number_input("Sequence length T", 1, limits.max_seq_len, key="gx_seq_len", **on)
+    col2.number_input("Batch size B", 1, limits.max_batch_size, key="gx_batch_size", **on)
     col1, col2 = bar.columns(2)
-    seed = col1.number_input("Seed", 0, 2**31 - 1, key="gx_seed", help="Seeds the weights and x = torch.rand(B, T, I).")
-    weight_scale = col2.number_input(
-        "Weight scale", MIN_WEIGHT_SCALE, float(limits.max_weight_scale), key="gx_weight_scale", step=0.05,
-        format="%.3f",
-        help="Multiplies PyTorch's init range U(±1/√H): above 1 gradients tend to explode, below 1 to vanish.")
+    col1.number_input("Seed", 0, 2**31 - 1, key="gx_seed", help="Seeds the weights and x = torch.rand(B, T, I).", **on)
+    col2.number_input("Weight scale", MIN_WEIGHT_SCALE, float(limits.max_weight_scale), key="gx_weight_scale",
+                      step=0.05, format="%.3f", **on,
+                      help="Multiplies PyTorch's init range U(±1/√H): above 1 gradients tend to explode, below 1 to "
+                           "vanish.")
     bar.header("Device")
     col1, col2 = bar.columns(2)
-    dtype = col1.selectbox("dtype", DTYPES, key="gx_dtype")
-    device = col2.selectbox("Device", devices, key="gx_device", help="Devices this machine has; auto prefers a GPU.")
-    new = cfg.replace(cell=cell, num_layers=int(num_layers), input_size=int(input_size), hidden_size=int(hidden_size),
-                      bidirectional=bool(bidirectional), head=head, head_size=int(head_size), seq_len=int(seq_len),
-                      batch_size=int(batch_size), seed=int(seed), dtype=dtype, device=device,
-                      weight_scale=float(weight_scale))
-    st.session_state[SYNCED_KEY] = new
-    if new != cfg:
-        set_shared_config(new)
-    return new
+    col1.selectbox("dtype", DTYPES, key="gx_dtype", **on)
+    col2.selectbox("Device", devices, key="gx_device", help="Devices this machine has; auto prefers a GPU.", **on)
+    return cfg
 
 
 __all__ = ["cached_explain", "config_sidebar", "report_chart", "set_shared_config", "shared_config", "show_error"]

@@ -25,21 +25,34 @@ CUSTOM = "custom (type below)"
 STEP_K = re.compile(r"y\[:, (-?\d{1,4})\]\.sum\(\)")
 
 
-def _apply_preset() -> None:
-    """Preset or step k changed: write the preset's expression into the target field."""
+DRAFT, K_VALUE, SYNCED = "gx_target_draft", "gx_target_k_value", "gx_target_synced"
+"""The target text as typed (valid or not), the step k, and the shared target the draft was last taken from."""
+
+
+def _on_preset() -> None:
+    """Preset picked: its expression becomes the target."""
     preset = st.session_state["gx_target_preset"]
     if preset in PRESETS:
-        st.session_state["gx_target"] = PRESETS[preset](int(st.session_state["gx_target_k"]))
+        st.session_state[DRAFT] = PRESETS[preset](st.session_state[K_VALUE])
 
 
-def _match_preset() -> None:
-    """Target typed: show the preset it equals (step k included), else "custom"."""
-    text = st.session_state["gx_target"].strip()
-    step = STEP_K.fullmatch(text)
+def _on_k() -> None:
+    """Step k changed: remember it; with the step-k preset, it also changes the target."""
+    st.session_state[K_VALUE] = int(st.session_state["gx_target_k"])
+    _on_preset()
+
+
+def _on_text() -> None:
+    """Target typed: keep the draft; a typed y[:, k].sum() also sets k."""
+    st.session_state[DRAFT] = st.session_state["gx_target"]
+    step = STEP_K.fullmatch(st.session_state[DRAFT].strip())
     if step and int(step.group(1)) != -1:
-        st.session_state["gx_target_k"] = int(step.group(1))
-    k = int(st.session_state["gx_target_k"])
-    st.session_state["gx_target_preset"] = next((p for p, f in PRESETS.items() if f(k) == text), CUSTOM)
+        st.session_state[K_VALUE] = int(step.group(1))
+
+
+def _preset_for(text: str, k: int) -> str:
+    """The preset whose expression equals `text` (the first one wins), else "custom"."""
+    return next((p for p, f in PRESETS.items() if f(k) == text.strip()), CUSTOM)
 
 
 def _keep(key: str, options: list, default: object) -> None:
@@ -53,25 +66,27 @@ st.title("Gradient explorer")
 st.caption("Run backward on the target you choose and see where the gradient lands: the stacked output y "
            "(what `y.retain_grad()` shows) versus the hidden states h_t the recurrence used.")
 
-st.session_state.setdefault("gx_target_k", 0)
-if st.session_state.get("gx_target_synced") != cfg.target or "gx_target" not in st.session_state:
-    st.session_state["gx_target"] = cfg.target  # first visit, or the target was changed on another page
-    _match_preset()
-st.session_state["gx_target_k"] = min(max(int(st.session_state["gx_target_k"]), -cfg.seq_len), cfg.seq_len - 1)
+# Widgets are seeded from session state on every run (the draft is the source of truth), callbacks write back.
+if st.session_state.get(SYNCED) != cfg.target or DRAFT not in st.session_state:
+    st.session_state[DRAFT] = st.session_state[SYNCED] = cfg.target  # first visit, or changed on another page
+k = min(max(int(st.session_state.get(K_VALUE, 0)), -cfg.seq_len), cfg.seq_len - 1)
+st.session_state[K_VALUE] = st.session_state["gx_target_k"] = k
+text = st.session_state["gx_target"] = st.session_state[DRAFT]
+st.session_state["gx_target_preset"] = _preset_for(text, k)
 preset_col, k_col, text_col = st.columns([3, 1, 4])
-preset_col.selectbox("Target preset", [*PRESETS, CUSTOM], key="gx_target_preset", on_change=_apply_preset)
-k_col.number_input("step k", -cfg.seq_len, cfg.seq_len - 1, key="gx_target_k", on_change=_apply_preset,
+preset_col.selectbox("Target preset", [*PRESETS, CUSTOM], key="gx_target_preset", on_change=_on_preset)
+k_col.number_input("step k", -cfg.seq_len, cfg.seq_len - 1, key="gx_target_k", on_change=_on_k,
                    help="For the 'step k' preset; negative k counts from the end.")
-text = text_col.text_input("Target (scalar to differentiate)", key="gx_target", on_change=_match_preset,
-                           help="Names y (or output), h_n, c_n (LSTM), out (head); subscripts, + - * / **, and "
-                                ".sum() .mean() .abs() .pow(k) .square() .norm(). Must reduce to a scalar.")
+text_col.text_input("Target (scalar to differentiate)", key="gx_target", on_change=_on_text,
+                    help="Names y (or output), h_n, c_n (LSTM), out (head); subscripts, + - * / **, and "
+                         ".sum() .mean() .abs() .pow(k) .square() .norm(). Must reduce to a scalar.")
 try:
     compile_target(cfg.replace(target=text))
 except TargetError as err:
     ui.show_error(err)
     st.stop()
 cfg = cfg.replace(target=text)
-st.session_state["gx_target_synced"] = text
+st.session_state[SYNCED] = text  # only valid targets reach the shared config (and the URL)
 ui.set_shared_config(cfg)
 
 report = ui.cached_explain(cfg)
