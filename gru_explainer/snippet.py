@@ -1,6 +1,7 @@
 """A "reproduce this in your own code" script: plain PyTorch that recomputes a report's numbers without this package.
 
-The script builds the same fused module with the same deterministic init as `models.build`, unrolls it over time
+The script builds the same fused module with the same deterministic init as `models.build` (every draw in float64
+from one seeded generator, then rounded to the dtype), unrolls it over time
 so that every h_t is a tensor of the autograd graph, takes ONE `torch.autograd.grad` over y and all h_t, and prints
 the per-step norms of y.grad and of dL/dh_t (lines `ygrad t=.. norm=..` and `hgrad layer=.. direction=.. t=..
 norm=..`), which match the report's frame.
@@ -105,9 +106,9 @@ def reproduce_snippet(cfg: ExplainConfig, limits: Limits | None = None) -> str:
         f"gen = torch.Generator().manual_seed({int(cfg.seed)})  # every weight and x come from this generator",
         "",
         "",
-        "def init_uniform_(param, bound):",
+        "def init_uniform_(param, bound):  # drawn in float64, then rounded to the model's dtype",
         "    with torch.no_grad():",
-        "        param.copy_(torch.empty(param.shape, dtype=dtype).uniform_(-bound, bound, generator=gen))",
+        "        param.copy_(torch.empty(param.shape, dtype=torch.float64).uniform_(-bound, bound, generator=gen))",
         "",
         "",
     ]
@@ -120,7 +121,7 @@ def reproduce_snippet(cfg: ExplainConfig, limits: Limits | None = None) -> str:
             "head = head.to(device)",
         ]
     lines += [
-        "x = torch.rand((B, T, I), generator=gen, dtype=dtype).to(device)",
+        "x = torch.rand((B, T, I), generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)",
         "",
     ]
     lines += _answer_forward() if answer else _unrolled_forward(cfg)
