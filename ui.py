@@ -120,12 +120,23 @@ def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused
     st.vega_lite_chart(spec=spec, width="content" if "facet" in spec else "stretch")
 
 
-def _widget_values(cfg: ExplainConfig, devices: list[str]) -> dict[str, Any]:
-    """The sidebar widgets' values for `cfg`, clamped to what the widgets accept."""
+def _widget_values(cfg: ExplainConfig, devices: list[str], limits: Limits) -> dict[str, Any]:
+    """The sidebar widgets' values for `cfg`, clamped to what the widgets accept (a widget must never raise)."""
+    def clamp(value: Any, low: float, high: float, kind: type) -> Any:
+        try:
+            return kind(min(max(kind(value), low), high))
+        except (TypeError, ValueError, OverflowError):
+            return kind(low)
+
     values = {f"gx_{name}": getattr(cfg, name) for name in SIDEBAR_FIELDS}
-    values["gx_weight_scale"] = max(MIN_WEIGHT_SCALE, float(cfg.weight_scale))
-    if cfg.device not in devices:
-        values["gx_device"] = "auto"
+    for name in ("num_layers", "input_size", "hidden_size", "head_size", "seq_len", "batch_size"):
+        values[f"gx_{name}"] = clamp(getattr(cfg, name), 1, getattr(limits, f"max_{name}"), int)
+    values["gx_seed"] = clamp(cfg.seed, 0, 2**31 - 1, int)
+    values["gx_weight_scale"] = clamp(cfg.weight_scale, MIN_WEIGHT_SCALE, limits.max_weight_scale, float)
+    values["gx_bidirectional"] = bool(cfg.bidirectional)
+    for name, options in (("cell", CELLS), ("head", HEADS), ("dtype", DTYPES), ("device", devices)):
+        if getattr(cfg, name) not in options:
+            values[f"gx_{name}"] = options[0]
     return values
 
 
@@ -151,7 +162,7 @@ def config_sidebar() -> ExplainConfig:
     cfg = shared_config()
     limits = Limits.from_env()
     devices = ["auto", *available_devices()]
-    for key, value in _widget_values(cfg, devices).items():
+    for key, value in _widget_values(cfg, devices, limits).items():
         st.session_state[key] = value
     single = cfg.cell == "answer_gru"
     on = dict(on_change=_on_sidebar_change)

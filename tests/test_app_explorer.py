@@ -185,3 +185,10 @@ def test_answer_gru_disables_layers(at: AppTest) -> None:
     run(at)
     assert not at.error and at.number_input(key="gx_num_layers").disabled
     assert_charts_match(at, ExplainConfig(cell="answer_gru", num_layers=1))
+
+
+def test_an_invalid_shared_config_shows_the_error_not_a_traceback(at: AppTest) -> None:
+    """Another page may store a config the widgets cannot show (e.g. hidden_size 0): the core's error, no crash."""
+    at.session_state["gx_config"] = ExplainConfig(hidden_size=0, seq_len=10_000, cell="nope", device="tpu")
+    run(at)
+    assert at.error and "must be" in at.error[0].value
