@@ -88,9 +88,9 @@ def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport 
     """`explain(cfg, engine=...)` through the cache; None (after st.error) when the config or target is invalid."""
     try:
         return _explain_cached(tuple(cfg.to_dict().items()), engine)
-    except (ConfigError, TargetError) as err:
+    except (ConfigError, TargetError) as err:  # invalid input: the core's message names the field
         show_error(err)
-    except Exception as err:  # e.g. a device running out of memory: say so, never show a traceback
+    except Exception as err:  # anything else (e.g. a device out of memory): say so, never show a traceback
         show_error(err)
     return None
 
