@@ -290,6 +290,8 @@ DIFF_SERIES = {"hidden_grad_diff": "dL/dh_t (hidden_grad)", "stacked_grad_diff":
 FLOW_STATUS = {"value": "non-zero", "underflow": "exactly 0: underflow", "nonfinite": "non-finite (inf/NaN)"}
 DIFF_STATUS = {"value": "non-zero", "zero": "exactly 0 (identical)", "nonfinite": "inf/NaN mismatch"}
 DIFF_SHAPES = {DIFF_STATUS["value"]: "circle", DIFF_STATUS["zero"]: "triangle-down", DIFF_STATUS["nonfinite"]: "cross"}
+PAD = alt.AutoSizeParams(type="pad")
+"""Explicit autosize: without it Streamlit sizes a layered chart with "fit" and can squeeze its plot to a sliver."""
 FLOW_SHAPES = {"value": "circle", "underflow": "triangle-down", "nonfinite": "cross"}
 
 
@@ -404,6 +406,7 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None) -> alt
                 tooltip=[alt.Tooltip("cell_label:N", title="cell"),
                          alt.Tooltip("rate_text:N", title="fitted rate per step")]))
     return alt.layer(*layers).properties(
+        autosize=PAD,
         title=alt.Title("How the hidden-state gradient changes with distance from the target step",
                         subtitle=["Solid: ‖dL/dh_t‖ per step; dashed: the fitted geometric decay norm ≈ C·rate^k. "
                                   "A straight line on this log scale means a constant per-step factor.",
@@ -434,6 +437,7 @@ def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:
     points = base.mark_point(size=50, filled=True).encode(x=x, y=y, color=color, tooltip=tooltip)
     one = base.mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
     return alt.layer(line, points, one).properties(
+        autosize=PAD,
         title=alt.Title("Fitted per-step rate of the hidden-state gradient",
                         subtitle="The gray line is rate 1: the gradient keeps its size however far back it goes."))
 
@@ -456,7 +460,7 @@ def timing_chart(table: pd.DataFrame) -> alt.Chart:
                         legend=alt.Legend(orient="top")),
         tooltip=[alt.Tooltip("device:N", title="device"), alt.Tooltip("engine:N", title="engine"),
                  alt.Tooltip("engine_used:N", title="engine used"), alt.Tooltip("time_text:N", title="median time")],
-    ).properties(width=560, height=alt.Step(26), title=alt.Title(
+    ).properties(width=560, height=alt.Step(26), autosize=PAD, title=alt.Title(
         "Time per explanation", subtitle="Model build, forward and gradients; median of the repeats after a warm-up."))
 
 
@@ -517,7 +521,7 @@ def difference_chart(table: pd.DataFrame) -> alt.LayerChart:
     if (rows["status"] == DIFF_STATUS["zero"]).any():
         layers.append(base.mark_rule(strokeDash=[4, 4], color="gray", opacity=0.7).encode(
             x=alt.datum(rows.attrs["floor"])))
-    return alt.layer(*layers).properties(title=alt.Title(
+    return alt.layer(*layers).properties(autosize=PAD, title=alt.Title(
         "Do the engines and devices agree?",
         subtitle="Points: largest absolute difference per gradient; gray ticks: the tolerance. Exact zeros sit on "
                  "the dashed floor line."))
