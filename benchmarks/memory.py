@@ -1,0 +1,177 @@
+"""Peak memory (RSS) of one explanation at the largest configs the hosted limits allow. A benchmark: prints numbers.
+
+    python benchmarks/memory.py            # every case, each in a FRESH subprocess (peak RSS is per process)
+    python benchmarks/memory.py --quick    # float32 only
+    python benchmarks/memory.py --app      # also the Streamlit server's peak RSS serving the explorer (Chromium)
+
+Each case runs `explain()` in a new Python process and reports `resource.getrusage(RUSAGE_SELF).ru_maxrss`
+after importing, after `explain()`, and after the work the explorer page adds on top (tidy frame, verdict, the
+three explorer charts serialised to Vega-Lite JSON, and one pickle of the report as `st.cache_data` makes).
+Sizes come from `gru_explainer.config.Limits()` (the hosted defaults): every shape fills the state-size limit
+B × T × L × D × H <= max_state_elements at the largest hidden size, layers and input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024  # ru_maxrss is in KiB on Linux
+
+
+def largest_shapes() -> dict[str, dict[str, Any]]:
+    """Bidirectional shapes that fill the hosted state-size limit: one long sequence, and a wide batch."""
+    from gru_explainer.config import Limits
+
+    lim = Limits()
+    layers, hidden, dirs = lim.max_num_layers, lim.max_hidden_size, 2
+    per_step = layers * dirs * hidden
+    budget = lim.max_state_elements // per_step  # B × T
+    longest = min(lim.max_seq_len, budget)
+    widest = min(lim.max_batch_size, budget)
+    common = dict(num_layers=layers, hidden_size=hidden, input_size=lim.max_input_size, bidirectional=True,
+                  head="linear", head_size=lim.max_head_size)
+    return {
+        "long": dict(common, batch_size=max(1, budget // longest), seq_len=longest),
+        "wide": dict(common, batch_size=widest, seq_len=max(1, budget // widest)),
+    }
+
+
+def child(case: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in this process and measure; returns the numbers as a dict."""
+    import pickle
+
+    os.environ.pop("GRU_EXPLAINER_LIMITS", None)
+    import torch
+
+    from gru_explainer import ExplainConfig, explain
+    from gru_explainer.charts import gradient_norm_chart, input_grad_chart, unit_heatmap
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cfg = ExplainConfig(device="cpu", target="y[:, -1].sum()", **case["config"])
+    states = cfg.batch_size * cfg.seq_len * cfg.num_layers * cfg.num_directions * cfg.hidden_size
+    start = time.perf_counter()
+    report = explain(cfg, engine=case["engine"])
+    seconds = time.perf_counter() - start
+    after_explain = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    verdict = report.verdict()
+    specs = [gradient_norm_chart(report.frame, True).to_json(), input_grad_chart(report.frame).to_json(),
+             unit_heatmap(report.unit_frame(cfg.num_layers - 1, 0, 0)).to_json()]
+    blob = pickle.dumps(report)
+    page_seconds = time.perf_counter() - start
+    after_page = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"imported_mib": _mib(imported), "explain_mib": _mib(after_explain), "page_mib": _mib(after_page),
+            "explain_s": seconds, "page_s": page_seconds, "states": states, "pickle_mib": len(blob) / 2**20,
+            "chart_json_mib": sum(map(len, specs)) / 2**20, "verdict_chars": len(verdict),
+            "engine_used": report.engine}
+
+
+def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """`child(case)` in a fresh interpreter (so ru_maxrss is this case's peak alone)."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def app_peak(config: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS (VmHWM) of a fresh Streamlit server after serving the explorer for `config` in Chromium."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import sync_playwright
+
+    from gru_explainer import ExplainConfig
+    from gru_explainer.screenshots import StreamlitServer, launch_browser, new_context, open_page
+    from gru_explainer.urlstate import config_to_query
+
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in config_to_query(ExplainConfig(**config)).items())
+    env = {k: v for k, v in os.environ.items() if k != "GRU_EXPLAINER_LIMITS"}
+    with StreamlitServer(ROOT, env=env) as server, sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        try:
+            page = new_context(browser).new_page()
+            idle = _vm_hwm(server.process.pid)
+            start = time.perf_counter()
+            open_page(page, f"{server.base_url}/explorer?{query}", timeout_ms=300_000)
+            seconds = time.perf_counter() - start
+            return {"idle_mib": idle, "peak_mib": _vm_hwm(server.process.pid), "page_s": seconds}
+        finally:
+            browser.close()
+
+
+def _vm_hwm(pid: int) -> float:
+    """A process's peak resident set (VmHWM) in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every case in its own process and print a table of peak RSS."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="float32 only")
+    parser.add_argument("--cells", default="gru,lstm", help="comma-separated cells. Default: %(default)s")
+    parser.add_argument("--engines", default="fused,twin", help="comma-separated engines. Default: %(default)s")
+    parser.add_argument("--app", action="store_true", help="also measure the Streamlit server (needs Chromium)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per case. Default: %(default)s")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+
+    from gru_explainer.config import Limits
+
+    lim = Limits()
+    print(f"hosted limits: max_state_elements={lim.max_state_elements:,}, layers<={lim.max_num_layers}, "
+          f"hidden<={lim.max_hidden_size}, T<={lim.max_seq_len}, B<={lim.max_batch_size}, input<={lim.max_input_size}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each case in a fresh process; RSS in MiB\n")
+    dtypes = ["float32"] if args.quick else ["float32", "float64"]
+    header = (f"{'cell':5} {'engine':6} {'dtype':7} {'shape':5} {'B':>3} {'T':>4} {'states':>9} "
+              f"{'import':>7} {'explain':>8} {'+page':>7} {'explain s':>9} {'page s':>7}")
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for shape, sizes in largest_shapes().items():
+        for cell in args.cells.split(","):
+            for engine in args.engines.split(","):
+                for dtype in dtypes:
+                    case = {"engine": engine, "config": dict(sizes, cell=cell, dtype=dtype)}
+                    result = run_case(case, args.timeout)
+                    prefix = (f"{cell:5} {engine:6} {dtype:7} {shape:5} {sizes['batch_size']:>3} "
+                              f"{sizes['seq_len']:>4}")
+                    if "error" in result:
+                        print(f"{prefix} error: {result['error']}")
+                        continue
+                    worst = max(worst, result["page_mib"])
+                    print(f"{prefix} {result['states']:>9,} {result['imported_mib']:>7.0f} "
+                          f"{result['explain_mib']:>8.0f} {result['page_mib']:>7.0f} {result['explain_s']:>9.2f} "
+                          f"{result['page_s']:>7.2f}", flush=True)
+    print(f"\nworst peak RSS of explain() + the explorer's work: {worst:.0f} MiB")
+    if args.app:
+        config = dict(largest_shapes()["long"], cell="lstm", dtype="float64")
+        result = app_peak(config)
+        print(f"streamlit server serving /explorer at {config}: idle {result['idle_mib']:.0f} MiB, "
+              f"peak {result['peak_mib']:.0f} MiB, page ready in {result['page_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
