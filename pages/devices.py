@@ -36,7 +36,7 @@ if devices == ["cpu"]:
     st.info("This machine has no GPU (CUDA or MPS): only the CPU is compared. The two engines are still compared "
             "on it: the fused module with the adjoint recursion versus the unrolled twin with autograd.",
             icon=":material/memory:")
-c1, c2, c3 = st.columns([3, 1, 1])
+c1, c2, c3 = st.columns([3, 1, 1.4])
 chosen = c1.multiselect("Devices", devices, default=devices, key="dev_devices",
                         help="Every distinct device this machine has ('cuda' and 'cuda:0' are the same GPU).")
 repeats = c2.number_input("Repeats", 1, MAX_REPEATS, value=3, key="dev_repeats",
@@ -66,7 +66,8 @@ m1.metric("All runs agree", "yes" if agree else "no", border=True,
 m2.metric("Largest difference", f"{table['max_diff'].max():.2e}", border=True,
           help="max |difference| to the CPU twin over dL/dh_t, y.grad and dL/dx_t.")
 m3.metric("Fastest", f"{fastest.engine} on {fastest.device}", f"{fastest.time_ms:.3g} ms", delta_color="off",
-          border=True)
+          delta_arrow="off", border=True, help="Median wall time of one explanation; timings are cached, "
+          "'Measure again' repeats them.")
 if not agree:
     st.warning("Some runs differ by more than the tolerance: see the table. In float32 on GPUs, TF32 matmuls and "
                "reordered sums can add up over long or exploding sequences; try float64.",

@@ -67,9 +67,7 @@ def _pick(profile: pd.DataFrame, layer: int, direction: str) -> pd.DataFrame:
 
 
 def _rate_text(rate: float) -> str:
-    if not math.isfinite(rate):
-        return "n/a"
-    return f"×{rate:.3g} per step"
+    return f"×{rate:.3g}" if math.isfinite(rate) else "n/a"
 
 
 def _rate_help(rate: float) -> str:
@@ -102,9 +100,10 @@ layers = list(range(cfg.num_layers))
 if st.session_state.get("flow_layer") not in layers:
     st.session_state["flow_layer"] = layers[-1]
 layer = col_layer.selectbox("Layer", layers, key="flow_layer", help="Layer of h_t to follow (top = the one y stacks).")
-directions = ["forward", "reverse"] if cfg.bidirectional else ["forward"]
-direction = col_dir.radio("Direction", directions, key="flow_direction", horizontal=True,
-                          help="Distance counts processing steps: the reverse direction runs from t = T-1 to 0.")
+direction = "forward"
+if cfg.bidirectional:
+    direction = col_dir.radio("Direction", ["forward", "reverse"], key="flow_direction", horizontal=True,
+                              help="Distance counts processing steps: the reverse direction runs from t = T-1 to 0.")
 
 try:
     profile = sweep(cfg, cells=cells, profile=_cached_profile, skip_errors=True)
@@ -133,8 +132,9 @@ with st.expander("How this is measured"):
         "zeros (underflow) and inf/NaN carry no magnitude and are left out of the fit, but stay on the chart as "
         "markers.")
 
-st.markdown("**Fitted per-step rate** (least squares of log10‖dL/dh_t‖ against the distance; exact zeros and "
-            "inf/NaN left out). Below 1 the gradient vanishes with distance, above 1 it explodes.")
+st.markdown("**Fitted per-step rate** ×r: each step further back multiplies ‖dL/dh_t‖ by about r (least squares "
+            "of log10‖dL/dh_t‖ against the distance; exact zeros and inf/NaN left out). Below 1 the gradient "
+            "vanishes with distance, above 1 it explodes.")
 metric_cols = st.columns(len(rates) or 1)
 for col, row in zip(metric_cols, rates.itertuples(index=False), strict=False):
     zeros = f" · {row.zero_steps} zero step(s)" if row.zero_steps else ""

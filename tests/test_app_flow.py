@@ -71,7 +71,7 @@ def test_defaults_run_and_chart_data_matches_the_core() -> None:
     top = rates[rates.layer == 1].set_index("cell").rate
     assert [m.label for m in at.metric] == ["GRU", "LSTM", "RNN tanh", "RNN relu"]
     for metric, cell in zip(at.metric, ["gru", "lstm", "rnn_tanh", "rnn_relu"], strict=True):
-        assert metric.value == f"×{top[cell]:.3g} per step"
+        assert metric.value == f"×{top[cell]:.3g}"
     # The sweep: rates for weight scales 0.5, 1, 2 at T = 10.
     sweep_rows = dataset_with(charts[1], "cell", "weight_scale", "rate")
     assert sorted(set(sweep_rows.weight_scale)) == [0.5, 1.0, 2.0]
