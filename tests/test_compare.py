@@ -119,6 +119,8 @@ def test_tolerance_depends_on_dtype_and_scale() -> None:
     assert tolerance("float64", 1.0) < tolerance("float32", 1.0)
     assert tolerance("float32", 100.0) > tolerance("float32", 1.0)
     assert tolerance("float32", math.inf) == tolerance("float32", 0.0)
+    assert tolerance("float32", 1.0, "cuda:0") > tolerance("float32", 1.0, "cpu")  # TF32 in cuDNN
+    assert tolerance("float64", 1.0, "cuda:0") == tolerance("float64", 1.0)
 
 
 def test_fused_graph_census_on_cpu() -> None:
