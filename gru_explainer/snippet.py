@@ -14,63 +14,7 @@ int indices, finite float constants and the allowed methods and operators only. 
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-from . import target as target_lang
 from .config import ExplainConfig, Limits
-from .errors import TargetError
-
-_BINARY_OPS = {"+", "-", "*", "/", "**"}
-
-
-def target_code(node: Any) -> str:
-    """Python code for a parsed target tree (`Target._root`); TargetError for anything outside the whitelist."""
-    if isinstance(node, target_lang._Name):
-        name = target_lang.NAME_ALIASES.get(node.name, node.name)
-        if name not in target_lang.TARGET_NAMES:
-            raise TargetError(f"unknown name {name!r}")
-        return name
-    if isinstance(node, target_lang._Const):
-        value = node.value
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise TargetError("constants must be finite numbers")
-        return repr(float(value))
-    if isinstance(node, target_lang._Neg):
-        return f"(-{target_code(node.operand)})"
-    if isinstance(node, target_lang._Index):
-        return f"{target_code(node.base)}[{', '.join(_index_code(item) for item in node.items)}]"
-    if isinstance(node, target_lang._Method):
-        if node.name not in target_lang.METHODS:
-            raise TargetError(f"unknown method {node.name!r}")
-        arg = node.arg
-        if arg is None:
-            return f"{target_code(node.base)}.{node.name}()"
-        if node.name in ("sum", "mean"):
-            return f"{target_code(node.base)}.{node.name}({_int(arg)})"
-        if node.name == "pow" and not isinstance(arg, bool) and isinstance(arg, int | float) and math.isfinite(arg):
-            return f"{target_code(node.base)}.pow({float(arg)!r})"
-        raise TargetError(f"unexpected argument for {node.name!r}")
-    if isinstance(node, target_lang._Binary):
-        if node.op not in _BINARY_OPS:
-            raise TargetError(f"unknown operator {node.op!r}")
-        return f"({target_code(node.left)} {node.op} {target_code(node.right)})"
-    raise TargetError(f"cannot render a {type(node).__name__} node")
-
-
-def _int(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TargetError(f"expected an int literal, got {value!r}")
-    return str(int(value))
-
-
-def _index_code(item: Any) -> str:
-    if item is Ellipsis:
-        return "..."
-    if isinstance(item, slice):
-        parts = ["" if part is None else _int(part) for part in (item.start, item.stop, item.step)]
-        return ":".join(parts) if parts[2] else ":".join(parts[:2])
-    return _int(item)
 
 
 def reproduce_snippet(cfg: ExplainConfig, limits: Limits | None = None) -> str:
@@ -78,7 +22,7 @@ def reproduce_snippet(cfg: ExplainConfig, limits: Limits | None = None) -> str:
     from .explain import compile_target
 
     cfg.validate(limits)
-    loss_code = target_code(compile_target(cfg)._root)
+    loss_code = compile_target(cfg).to_code()
     lstm, answer = cfg.cell == "lstm", cfg.cell == "answer_gru"
     head = cfg.head == "linear"
     dtype = "torch.float64" if cfg.dtype == "float64" else "torch.float32"
@@ -280,4 +224,4 @@ def _unrolled_forward(cfg: ExplainConfig) -> list[str]:
     ]
 
 
-__all__ = ["reproduce_snippet", "target_code"]
+__all__ = ["reproduce_snippet"]

@@ -482,6 +482,61 @@ def _run(node: _Node, env: Mapping[str, torch.Tensor], surrogate: bool) -> Any:
 # --- The parsed target ---------------------------------------------------------------------------------------------
 
 
+# --- Rendering the tree back to code (for generated scripts) ------------------------------------------------
+
+_BINARY_OPS = {"+", "-", "*", "/", "**"}
+
+
+def _code(node: Any) -> str:
+    """Python code for a whitelisted tree node; TargetError for anything outside the whitelist (defence in depth)."""
+    if isinstance(node, _Name):
+        name = NAME_ALIASES.get(node.name, node.name)
+        if name not in TARGET_NAMES:
+            raise TargetError(f"unknown name {name!r}")
+        return name
+    if isinstance(node, _Const):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise TargetError("constants must be finite numbers")
+        return repr(float(value))
+    if isinstance(node, _Neg):
+        return f"(-{_code(node.operand)})"
+    if isinstance(node, _Index):
+        return f"{_code(node.base)}[{', '.join(_index_code(item) for item in node.items)}]"
+    if isinstance(node, _Method):
+        if node.name not in METHODS:
+            raise TargetError(f"unknown method {node.name!r}")
+        arg = node.arg
+        if arg is None:
+            return f"{_code(node.base)}.{node.name}()"
+        if node.name in ("sum", "mean"):
+            return f"{_code(node.base)}.{node.name}({_int_code(arg)})"
+        if node.name == "pow" and not isinstance(arg, bool) and isinstance(arg, int | float) and math.isfinite(arg):
+            return f"{_code(node.base)}.pow({float(arg)!r})"
+        raise TargetError(f"unexpected argument for {node.name!r}")
+    if isinstance(node, _Binary):
+        if node.op not in _BINARY_OPS:
+            raise TargetError(f"unknown operator {node.op!r}")
+        return f"({_code(node.left)} {node.op} {_code(node.right)})"
+    raise TargetError(f"cannot render a {type(node).__name__} node")
+
+
+def _int_code(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TargetError(f"expected an int literal, got {value!r}")
+    return str(int(value))
+
+
+def _index_code(item: Any) -> str:
+    if item is Ellipsis:
+        return "..."
+    if isinstance(item, slice):
+        parts = ["" if part is None else _int_code(part) for part in (item.start, item.stop, item.step)]
+        return ":".join(parts) if parts[2] else ":".join(parts[:2])
+    return _int_code(item)
+
+
+
 @dataclass(frozen=True)
 class Target:
     """A parsed target: its original `text`, the canonical `names` it reads, and its whitelisted tree."""
@@ -489,6 +544,10 @@ class Target:
     text: str
     names: frozenset[str]
     _root: _Node = field(repr=False, compare=False)
+
+    def to_code(self) -> str:
+        """Canonical Python code for this target, re-emitted from the whitelisted tree (never the user's text)."""
+        return _code(self._root)
 
     def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Infer the result's shape by shape arithmetic alone (allocates nothing); TargetError unless it is 0-d."""

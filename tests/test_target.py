@@ -551,3 +551,19 @@ def test_grammar_expressions_agree_with_direct_torch(expr: tuple[str, Ref, bool]
         if grad is not None:
             depends = (grad != 0) & grad.isfinite()
             assert not (depends & ~masks[name]).any(), f"{text!r}: {name} read outside its mask"
+
+
+@pytest.mark.parametrize("text", ["y[:, -1].sum()", "(y[0] - y[1]).pow(2).mean()", "output.abs()[:, 3].norm()",
+                                  "-2.5 * h_n[-1].sum() / 4 + 1", "y[..., 0].square().sum()", "y[:, 1:8:3].mean()",
+                                  "y.sum(-1)[:, -1].sum()", "(out ** 2).sum()"])
+def test_to_code_re_emits_an_equivalent_target(text: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"y": torch.randn(2, 10, 4, generator=gen, dtype=torch.float64),
+               "h_n": torch.randn(3, 2, 4, generator=gen, dtype=torch.float64),
+               "out": torch.randn(2, 5, 1, generator=gen, dtype=torch.float64)}
+    target = parse_target(text)
+    code = target.to_code()
+    again = parse_target(code)
+    assert again.names == target.names
+    assert again.evaluate(tensors).item() == pytest.approx(target.evaluate(tensors).item(), rel=1e-12)
+    assert again.to_code() == code  # canonical: a fixed point
