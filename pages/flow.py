@@ -19,6 +19,8 @@ SEQ_LENS = (5, 10, 20, 50, 100, 200)
 WEIGHT_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 MAX_SWEEP_RUNS = 60
 """Bounded work: the sweep refuses more (cell, T, weight scale) combinations than this."""
+MAX_SWEEP_STATES = 16 * 1_048_576
+"""...and more state elements in total (runs × batch × T × layers × directions × hidden) than this."""
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -158,9 +160,12 @@ runs = len(cells) * len(seq_lens) * len(scales)
 if not seq_lens or not scales:
     st.info("Choose at least one sequence length and one weight scale.", icon=":material/info:")
     st.stop()
-if runs > MAX_SWEEP_RUNS:
-    st.warning(f"That is {runs} runs; choose at most {MAX_SWEEP_RUNS} (cells × lengths × scales).",
-               icon=":material/warning:")
+states = len(cells) * len(scales) * sum(seq_lens) * cfg.batch_size * cfg.num_layers * cfg.num_directions \
+    * cfg.hidden_size
+if runs > MAX_SWEEP_RUNS or states > MAX_SWEEP_STATES:
+    st.warning(f"That is {runs} runs over {states:,} state elements; choose at most {MAX_SWEEP_RUNS} runs "
+               f"(cells × lengths × scales) and {MAX_SWEEP_STATES:,} elements (fewer or shorter sequences, or a "
+               "smaller model in the sidebar).", icon=":material/warning:")
     st.stop()
 
 bar = st.progress(0.0, text="Sweeping…")
