@@ -43,6 +43,9 @@ ALTAIR_MAX_ROWS = 5_000
 """Altair's default row limit for DataFrames; larger data sets are embedded as inline values instead."""
 
 
+PAD = alt.AutoSizeParams(type="pad")
+"""Explicit autosize: without it Streamlit sizes a layered chart with "fit" and can squeeze its plot to a sliver."""
+
 def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
     """`rows` as chart data: the DataFrame itself when small, else inline JSON values (past Altair's row limit).
 
@@ -202,6 +205,7 @@ def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.Lay
                      quantities=("stacked_output", "hidden_state"))
     y_title = "‖gradient‖ (L2 over batch × units)"
     return _norm_layers(rows, False, y_title, None, width=640, height=260, embed_data=True).properties(
+        autosize=PAD,
         title=alt.Title("y.grad is zero before the read step; the hidden states h_t are not",
                         subtitle=f"Per-step gradient norm of target = {target}, "
                                  f"last layer ({last}): squares mark exact zeros with no graph path."),
@@ -222,6 +226,7 @@ def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
                         scale=_status_scale([k for k in STATUS if k != "value" and k in set(rows["status"])])),
         color=alt.value(SERIES_COLORS["input"]), tooltip=_tooltip())
     return alt.layer(bars, markers).properties(
+        autosize=PAD,
         title=alt.Title("Which inputs the target depends on", subtitle="Norm of the input gradient per step; "
                         "a structural zero means x_t cannot influence the target (causality, direction)."),
     )
@@ -290,8 +295,6 @@ DIFF_SERIES = {"hidden_grad_diff": "dL/dh_t (hidden_grad)", "stacked_grad_diff":
 FLOW_STATUS = {"value": "non-zero", "underflow": "exactly 0: underflow", "nonfinite": "non-finite (inf/NaN)"}
 DIFF_STATUS = {"value": "non-zero", "zero": "exactly 0 (identical)", "nonfinite": "inf/NaN mismatch"}
 DIFF_SHAPES = {DIFF_STATUS["value"]: "circle", DIFF_STATUS["zero"]: "triangle-down", DIFF_STATUS["nonfinite"]: "cross"}
-PAD = alt.AutoSizeParams(type="pad")
-"""Explicit autosize: without it Streamlit sizes a layered chart with "fit" and can squeeze its plot to a sliver."""
 FLOW_SHAPES = {"value": "circle", "underflow": "triangle-down", "nonfinite": "cross"}
 
 
