@@ -3,6 +3,7 @@
     python benchmarks/memory.py            # every case, each in a FRESH subprocess (peak RSS is per process)
     python benchmarks/memory.py --quick    # float32 only
     python benchmarks/memory.py --app      # also the Streamlit server's peak RSS serving the explorer (Chromium)
+    python benchmarks/memory.py --app-only # only that
 
 Each case runs `explain()` in a new Python process and reports `resource.getrusage(RUSAGE_SELF).ru_maxrss`
 after importing, after `explain()`, and after the work the explorer page adds on top (tidy frame, verdict, the
@@ -26,6 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+APP_PAGES = ("explorer", "devices", "flow", "graph", "")
+"""Pages the --app measurement visits in one session, in this order ("" is the puzzle, the default page)."""
 
 
 def _mib(kib: int) -> float:
@@ -90,8 +95,8 @@ def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def app_peak(config: dict[str, Any]) -> dict[str, Any]:
-    """Peak RSS (VmHWM) of a fresh Streamlit server after serving the explorer for `config` in Chromium."""
+def app_peak(config: dict[str, Any], pages: tuple[str, ...] = APP_PAGES) -> list[dict[str, Any]]:
+    """Peak RSS (VmHWM) of a fresh Streamlit server after serving each page for `config` in Chromium, in turn."""
     from urllib.parse import quote
 
     from playwright.sync_api import sync_playwright
@@ -102,17 +107,29 @@ def app_peak(config: dict[str, Any]) -> dict[str, Any]:
 
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in config_to_query(ExplainConfig(**config)).items())
     env = {k: v for k, v in os.environ.items() if k != "GRU_EXPLAINER_LIMITS"}
+    rows = []
     with StreamlitServer(ROOT, env=env) as server, sync_playwright() as playwright:
         browser = launch_browser(playwright)
         try:
             page = new_context(browser).new_page()
-            idle = _vm_hwm(server.process.pid)
-            start = time.perf_counter()
-            open_page(page, f"{server.base_url}/explorer?{query}", timeout_ms=300_000)
-            seconds = time.perf_counter() - start
-            return {"idle_mib": idle, "peak_mib": _vm_hwm(server.process.pid), "page_s": seconds}
+            rows.append({"page": "(idle server)", "peak_mib": _vm_hwm(server.process.pid), "page_s": 0.0, "note": ""})
+            for name in pages:
+                start = time.perf_counter()
+                note = ""
+                try:
+                    open_page(page, f"{server.base_url}/{name}?{query}", timeout_ms=300_000)
+                except AssertionError as err:  # the page ran, but drew something wrong: measure, and say so
+                    note = " ".join(str(err).split())
+                except Exception as err:  # e.g. a timeout: still report the memory reached so far
+                    note = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+                if errors:
+                    note = (note + " page error: " + " | ".join(" ".join(e.split()) for e in errors))[:300]
+                rows.append({"page": name, "peak_mib": _vm_hwm(server.process.pid),
+                             "page_s": time.perf_counter() - start, "note": note})
         finally:
             browser.close()
+    return rows
 
 
 def _vm_hwm(pid: int) -> float:
@@ -131,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", default="gru,lstm", help="comma-separated cells. Default: %(default)s")
     parser.add_argument("--engines", default="fused,twin", help="comma-separated engines. Default: %(default)s")
     parser.add_argument("--app", action="store_true", help="also measure the Streamlit server (needs Chromium)")
+    parser.add_argument("--app-only", action="store_true", help="only the Streamlit server measurement")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case. Default: %(default)s")
     args = parser.parse_args(argv)
     if args.child:
@@ -143,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hosted limits: max_state_elements={lim.max_state_elements:,}, layers<={lim.max_num_layers}, "
           f"hidden<={lim.max_hidden_size}, T<={lim.max_seq_len}, B<={lim.max_batch_size}, input<={lim.max_input_size}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each case in a fresh process; RSS in MiB\n")
+    if args.app_only:
+        return _print_app()
     dtypes = ["float32"] if args.quick else ["float32", "float64"]
     header = (f"{'cell':5} {'engine':6} {'dtype':7} {'shape':5} {'B':>3} {'T':>4} {'states':>9} "
               f"{'import':>7} {'explain':>8} {'+page':>7} {'explain s':>9} {'page s':>7}")
@@ -165,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                           f"{result['explain_mib']:>8.0f} {result['page_mib']:>7.0f} {result['explain_s']:>9.2f} "
                           f"{result['page_s']:>7.2f}", flush=True)
     print(f"\nworst peak RSS of explain() + the explorer's work: {worst:.0f} MiB")
-    if args.app:
-        config = dict(largest_shapes()["long"], cell="lstm", dtype="float64")
-        result = app_peak(config)
-        print(f"streamlit server serving /explorer at {config}: idle {result['idle_mib']:.0f} MiB, "
-              f"peak {result['peak_mib']:.0f} MiB, page ready in {result['page_s']:.1f} s")
+    return _print_app() if args.app else 0
+
+
+def _print_app() -> int:
+    config = dict(largest_shapes()["long"], cell="lstm", dtype="float64")
+    print(f"streamlit server, one browser session visiting each page with the config in the URL: {config}")
+    for row in app_peak(config):
+        print(f"  after {row['page'] or 'puzzle':14} peak RSS {row['peak_mib']:5.0f} MiB  ({row['page_s']:.1f} s)"
+              + (f"  note: {row['note']}" if row["note"] else ""), flush=True)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from gru_explainer.screenshots import (
     CHROMIUM,
@@ -25,6 +26,8 @@ from gru_explainer.screenshots import (
     launch_browser,
     new_context,
 )
+
+expect.set_options(timeout=30_000)  # a loaded 2-core machine reruns a page in seconds, not milliseconds
 
 
 def server_env() -> dict[str, str]:

@@ -48,6 +48,17 @@ def chart_svg(tab: Any, index: int) -> str:
     return tab.locator('[data-testid="stVegaLiteChart"]').nth(index).locator("svg").first.inner_html()
 
 
+def wait_chart_changed(tab: Any, index: int, before: str, timeout_ms: float = 30_000) -> str:
+    """Wait until the index-th Vega chart's svg differs from `before` (Vega redraws asynchronously); returns it."""
+    tab.wait_for_function(
+        """([index, before]) => {
+            const chart = document.querySelectorAll('[data-testid="stVegaLiteChart"]')[index];
+            const svg = chart && chart.querySelector('svg');
+            return svg && svg.innerHTML !== before;
+        }""", arg=[index, before], timeout=timeout_ms, polling=100)
+    return chart_svg(tab, index)
+
+
 def field(tab: Any, label: str, area: str = "stMain") -> Any:
     """The input element of the widget labelled `label` (Streamlit puts the label in aria-label) in an area.
 

@@ -19,6 +19,7 @@ from .helpers import (
     verdict_line,
     verdict_value,
     visit,
+    wait_chart_changed,
 )
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +48,7 @@ def test_selecting_lstm_changes_chart_and_verdict(page, base_url):
     choose(page, cell, "LSTM")
     expect(cell).to_have_value("LSTM")
     expect(verdict_line(page)).to_contain_text("(LSTM, 2 layer(s)")
-    after = chart_svg(page, NORM_CHART)
-    assert after != before
+    after = wait_chart_changed(page, NORM_CHART, before)
     assert "dL/dc_t" in after, "the LSTM's chart must show the cell-state gradient series"
     assert query_of(page).get("cell") == "lstm", f"the URL does not carry the new cell: {page.url}"
     expected = explain(ExplainConfig(cell="lstm")).target_value
@@ -66,8 +66,8 @@ def test_typing_a_target_changes_chart_and_verdict(page, base_url):
     # The target reads y at step 3 only: y.grad is exactly zero at every other step.
     expect(page.locator('[data-testid="stMarkdownContainer"] li').filter(has_text="y.grad").first).to_contain_text(
         "exactly zero at t = 0–2, 4–9")
-    assert chart_svg(page, NORM_CHART) != before
-    assert chart_svg(page, INPUT_CHART) != before_inputs, "inputs after step 3 no longer matter"
+    wait_chart_changed(page, NORM_CHART, before)
+    wait_chart_changed(page, INPUT_CHART, before_inputs)  # inputs after step 3 no longer matter
     expected = explain(ExplainConfig(target="y[:, 3].sum()")).target_value
     assert verdict_value(line.inner_text()) == pytest.approx(expected, rel=1e-4)
     assert query_of(page).get("target") == "y[:, 3].sum()"
