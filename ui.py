@@ -5,19 +5,27 @@ Interface used by all pages (keep it stable):
     set_shared_config(cfg) -> None             store it for every page and write the non-default fields to the URL
     config_sidebar() -> ExplainConfig          architecture / data / device widgets in the sidebar; updates and returns
     cached_explain(cfg, engine="fused")        GradientReport, or None after showing the core's error with st.error
-    show_error(err) -> None                    st.error with the message only (never a traceback)
-Extra helper for report charts:
+    show_error(err, on_cpu=None) -> None       st.error with the message only (never a traceback); a DeviceError
+                                               also gets a "Run on the CPU instead" button (see offer_cpu)
+Extra helpers:
     report_chart(cfg, kind, *args, engine="fused")   draw a `gru_explainer.charts` chart of explain(cfg), cached
+    cached_profile / cached_graph / cached_compare / cached_census   the flow, graph and devices pages' core
+                                               calls, cached on the full config (importable, so tests can call them)
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitDuplicateElementKey
 
 from gru_explainer import (
     ConfigError,
+    DeviceError,
     ExplainConfig,
     GradientReport,
     Limits,
@@ -26,7 +34,10 @@ from gru_explainer import (
     charts,
     explain,
 )
+from gru_explainer.compare import compare, fused_graph_census
 from gru_explainer.config import CELLS, DTYPES, HEADS
+from gru_explainer.flow import profile_of
+from gru_explainer.graph import backward_graph
 from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
 
 CONFIG_KEY = "gx_config"
@@ -66,12 +77,37 @@ def set_shared_config(cfg: ExplainConfig) -> None:
             del st.query_params[name]
 
 
-def show_error(err: Exception) -> None:
-    """Show an error's message on the page (the core's messages name the field); never a traceback."""
-    if isinstance(err, ValueError):
+def show_error(err: Exception, on_cpu: Callable[[], None] | None = None) -> None:
+    """Show an error's message on the page (the core's messages name the field); never a traceback.
+
+    A DeviceError (an accelerator failed: out of memory, driver fault) also gets the "Run on the CPU instead"
+    button; `on_cpu` is an extra callback for that button (e.g. a page that picks its own devices).
+    """
+    if isinstance(err, DeviceError):
+        st.error(str(err), icon=":material/memory:")
+        offer_cpu(on_cpu)
+    elif isinstance(err, ValueError):
         st.error(str(err), icon=":material/error:")
     else:
         st.error(f"Unexpected {type(err).__name__}: {err}", icon=":material/error:")
+
+
+CPU_BUTTON_KEY = "gx_run_on_cpu"
+
+
+def _run_on_cpu(extra: Callable[[], None] | None) -> None:
+    """The CPU fallback (a button callback, runs before the rerun): the shared config's device becomes "cpu"."""
+    set_shared_config(st.session_state.get(CONFIG_KEY, ExplainConfig()).replace(device="cpu"))
+    if extra is not None:
+        extra()
+
+
+def offer_cpu(on_cpu: Callable[[], None] | None = None) -> None:
+    """A "Run on the CPU instead" button (once per run) that switches the shared config to the CPU and reruns."""
+    with contextlib.suppress(StreamlitDuplicateElementKey):  # a second failure in the same run: one button will do
+        st.button("Run on the CPU instead", key=CPU_BUTTON_KEY, icon=":material/memory:", type="primary",
+                  on_click=_run_on_cpu, args=(on_cpu,),
+                  help="Sets the device to cpu for every page (and in the URL); the CPU always works.")
 
 
 @st.cache_data(max_entries=64, max_size="256MB", show_spinner="Computing gradients…")
@@ -85,12 +121,18 @@ def _explain_cached(fields: tuple[tuple[str, Any], ...], engine: str) -> Gradien
 
 
 def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport | None:
-    """`explain(cfg, engine=...)` through the cache; None (after st.error) when the config or target is invalid."""
+    """`explain(cfg, engine=...)` through the cache; None (after st.error) when it cannot run.
+
+    Invalid input shows the core's message (it names the field); a device this machine lacks (e.g. a session's
+    GPU that went away) or a failing accelerator (DeviceError) also offers the CPU fallback button.
+    """
     try:
         return _explain_cached(tuple(cfg.to_dict().items()), engine)
     except (ConfigError, TargetError) as err:  # invalid input: the core's message names the field
         show_error(err)
-    except Exception as err:  # anything else (e.g. a device out of memory): say so, never show a traceback
+        if isinstance(cfg.device, str) and cfg.device not in ("auto", *available_devices()):
+            offer_cpu()
+    except Exception as err:  # DeviceError gets the CPU button; anything else: say so, never show a traceback
         show_error(err)
     return None
 
@@ -118,6 +160,57 @@ def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused
         show_error(err)
         return
     st.vega_lite_chart(spec=spec, width="content" if "facet" in spec else "stretch")
+
+
+@st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
+def _profile(fields: tuple[tuple[str, Any], ...]) -> pd.DataFrame:
+    return profile_of(ExplainConfig(**dict(fields)))
+
+
+def cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
+    """The flow page's decay profile of one config (`flow.profile_of`), cached on all its fields."""
+    return _profile(tuple(cfg.to_dict().items()))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _graph(fields: tuple[tuple[str, Any], ...], rankdir: str, show_parameters: bool) -> tuple[str, dict[str, Any]]:
+    graph = backward_graph(ExplainConfig(**dict(fields)), show_parameters=show_parameters)
+    top = graph.config.num_layers - 1
+    h0 = graph.hidden_ids.get((top, 0, 0))
+    facts = {
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "y_consumers": [graph.nodes[c].label.split("\n")[0] for c in graph.consumers(graph.y_id)],
+        "y_on_path": graph.nodes[graph.y_id].on_target_path,
+        "h0_consumers": [graph.nodes[c].label.split("\n")[0] for c in graph.consumers(h0)] if h0 else [],
+        "states": len(graph.hidden_ids),
+    }
+    return graph.to_dot(rankdir=rankdir), facts
+
+
+def cached_graph(cfg: ExplainConfig, rankdir: str = "TB", show_parameters: bool = True) -> tuple[str, dict[str, Any]]:
+    """The graph page's DOT string and a few facts about the backward graph, cached on the config and options."""
+    return _graph(tuple(cfg.to_dict().items()), rankdir, bool(show_parameters))
+
+
+@st.cache_data(max_entries=16, show_spinner="Running every device and engine…")
+def _compare(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...], repeats: int, nonce: int) -> pd.DataFrame:
+    return compare(ExplainConfig(**dict(fields)), devices=list(devices), repeats=repeats)
+
+
+def cached_compare(cfg: ExplainConfig, devices: tuple[str, ...], repeats: int, nonce: int = 0) -> pd.DataFrame:
+    """The devices page's `compare` table, cached on the config, devices and repeats (`nonce` forces a re-measure)."""
+    return _compare(tuple(cfg.to_dict().items()), tuple(devices), int(repeats), int(nonce))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _census(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...]) -> pd.DataFrame:
+    return fused_graph_census(ExplainConfig(**dict(fields)), devices=list(devices))
+
+
+def cached_census(cfg: ExplainConfig, devices: tuple[str, ...]) -> pd.DataFrame:
+    """The devices page's autograd census of the fused module per device, cached on the config and devices."""
+    return _census(tuple(cfg.to_dict().items()), tuple(devices))
 
 
 def _widget_values(cfg: ExplainConfig, devices: list[str], limits: Limits) -> dict[str, Any]:
@@ -196,4 +289,5 @@ def config_sidebar() -> ExplainConfig:
     return cfg
 
 
-__all__ = ["cached_explain", "config_sidebar", "report_chart", "set_shared_config", "shared_config", "show_error"]
+__all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
+           "offer_cpu", "report_chart", "set_shared_config", "shared_config", "show_error"]

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
 import streamlit as st
 
 import ui
-from gru_explainer import ConfigError, ExplainConfig, TargetError
+from gru_explainer import ConfigError, TargetError
 from gru_explainer.charts import difference_chart, timing_chart
-from gru_explainer.compare import MAX_REPEATS, WHY_FUSED, compare, distinct_devices, fused_graph_census
+from gru_explainer.compare import MAX_REPEATS, WHY_FUSED, distinct_devices
 
 ENGINE_TEXT = {"fused": "fused forward + adjoint recursion", "twin": "unrolled twin + autograd"}
 
 
-@st.cache_data(max_entries=16, show_spinner="Running every device and engine…")
-def _compare(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...], repeats: int, nonce: int) -> pd.DataFrame:
-    """`compare` cached on the plain config, devices and repeats (`nonce` forces a fresh measurement)."""
-    return compare(ExplainConfig(**dict(fields)), devices=list(devices), repeats=repeats)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _census(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...]) -> pd.DataFrame:
-    return fused_graph_census(ExplainConfig(**dict(fields)), devices=list(devices))
+def _only_cpu() -> None:
+    """The CPU fallback's extra step here: compare on the CPU only (an accelerator failed)."""
+    st.session_state["dev_devices"] = ["cpu"]
 
 
 cfg = ui.config_sidebar()
@@ -37,7 +28,10 @@ if devices == ["cpu"]:
             "on it: the fused module with the adjoint recursion versus the unrolled twin with autograd.",
             icon=":material/memory:")
 c1, c2, c3 = st.columns([3, 1, 1.4])
-chosen = c1.multiselect("Devices", devices, default=devices, key="dev_devices",
+if [d for d in st.session_state.get("dev_devices", devices) if d not in devices]:
+    st.session_state.pop("dev_devices")  # a device that went away since the last run
+st.session_state.setdefault("dev_devices", devices)
+chosen = c1.multiselect("Devices", devices, key="dev_devices",
                         help="Every distinct device this machine has ('cuda' and 'cuda:0' are the same GPU).")
 repeats = c2.number_input("Repeats", 1, MAX_REPEATS, value=3, key="dev_repeats",
                           help="Timed runs per device and engine after one warm-up; the table shows the median.")
@@ -48,14 +42,14 @@ if not chosen:
     st.info("Choose at least one device.", icon=":material/info:")
     st.stop()
 
-fields = tuple(cfg.replace(device="cpu").to_dict().items())
+base = cfg.replace(device="cpu")
 try:
-    table = _compare(fields, tuple(chosen), int(repeats), st.session_state["dev_nonce"])
+    table = ui.cached_compare(base, tuple(chosen), int(repeats), st.session_state["dev_nonce"])
 except (ConfigError, TargetError) as err:
     ui.show_error(err)
     st.stop()
-except Exception as err:  # e.g. a device running out of memory: say so, never a traceback
-    ui.show_error(err)
+except Exception as err:  # e.g. a device running out of memory (DeviceError: CPU button), never a traceback
+    ui.show_error(err, on_cpu=_only_cpu)
     st.stop()
 
 agree = bool(table["agrees"].all())
@@ -102,9 +96,9 @@ if cfg.cell == "answer_gru":
             icon=":material/info:")
 else:
     try:
-        census = _census(fields, tuple(chosen))
+        census = ui.cached_census(base, tuple(chosen))
     except Exception as err:  # the census is extra evidence; its failure must not break the page
-        ui.show_error(err)
+        ui.show_error(err, on_cpu=_only_cpu)
     else:
         st.markdown(f"**What autograd sees of the fused `{cfg.cell}` module's output**, per device "
                     f"({cfg.dtype}): the node that produced `output` and how many nodes lie behind it.")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 import ui
-from gru_explainer import ExplainConfig, Limits
+from gru_explainer import Limits
 from gru_explainer.charts import decay_chart, rate_chart
-from gru_explainer.flow import cell_label, decay_rates, profile_of, sweep
+from gru_explainer.flow import cell_label, decay_rates, sweep
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
 DEFAULT_CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -21,16 +20,6 @@ MAX_SWEEP_RUNS = 60
 """Bounded work: the sweep refuses more (cell, T, weight scale) combinations than this."""
 MAX_SWEEP_STATES = 16 * 1_048_576
 """...and more state elements in total (runs × batch × T × layers × directions × hidden) than this."""
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def _profile(fields: tuple[tuple[str, Any], ...]) -> pd.DataFrame:
-    """One config's decay profile, cached on its plain fields (moving back to a setting is instant)."""
-    return profile_of(ExplainConfig(**dict(fields)))
-
-
-def _cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
-    return _profile(tuple(cfg.to_dict().items()))
 
 
 def _from_url(key: str, options: list, default: list) -> None:
@@ -108,7 +97,7 @@ if cfg.bidirectional:
                               help="Distance counts processing steps: the reverse direction runs from t = T-1 to 0.")
 
 try:
-    profile = sweep(cfg, cells=cells, profile=_cached_profile, skip_errors=True)
+    profile = sweep(cfg, cells=cells, profile=ui.cached_profile, skip_errors=True)
 except Exception as err:  # never a traceback: unexpected failures (e.g. out of memory) are shown as errors
     ui.show_error(err)
     st.stop()
@@ -172,7 +161,7 @@ bar = st.progress(0.0, text="Sweeping…")
 try:
     swept = sweep(cfg, cells=cells, seq_lens=sorted(seq_lens), weight_scales=sorted(scales),
                   progress=lambda done, message: bar.progress(min(max(done, 0.0), 1.0), text=message),
-                  profile=_cached_profile, skip_errors=True)
+                  profile=ui.cached_profile, skip_errors=True)
 except Exception as err:
     bar.empty()
     ui.show_error(err)

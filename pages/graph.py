@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
 import ui
 from gru_explainer import ConfigError, ExplainConfig, TargetError
 from gru_explainer.explain import compile_target
-from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS, backward_graph
+from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS
 
 FALLBACK_TARGET = "y[:, -1].sum()"
 LAYOUTS = {"TB": "top to bottom", "LR": "left to right"}
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _graph(fields: tuple[tuple[str, Any], ...], rankdir: str, show_parameters: bool) -> tuple[str, dict[str, Any]]:
-    """The DOT string and a few facts about the graph, cached on the plain config and the drawing options."""
-    graph = backward_graph(ExplainConfig(**dict(fields)), show_parameters=show_parameters)
-    y_consumers = graph.consumers(graph.y_id)
-    top = graph.config.num_layers - 1
-    h0 = graph.hidden_ids.get((top, 0, 0))
-    facts = {
-        "nodes": len(graph.nodes),
-        "edges": len(graph.edges),
-        "y_consumers": [graph.nodes[c].label.split("\n")[0] for c in y_consumers],
-        "y_on_path": graph.nodes[graph.y_id].on_target_path,
-        "h0_consumers": [graph.nodes[c].label.split("\n")[0] for c in graph.consumers(h0)] if h0 else [],
-        "states": len(graph.hidden_ids),
-    }
-    return graph.to_dot(rankdir=rankdir), facts
 
 
 def _fits(cfg: ExplainConfig) -> bool:
@@ -69,7 +49,7 @@ target = st.text_input("Target", key="graph_target",
 tiny = tiny.replace(target=target)
 
 try:
-    dot, facts = _graph(tuple(tiny.to_dict().items()), rankdir, bool(show_parameters))
+    dot, facts = ui.cached_graph(tiny, rankdir, bool(show_parameters))
 except (ConfigError, TargetError) as err:
     ui.show_error(err)
     st.stop()
