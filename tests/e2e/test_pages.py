@@ -26,10 +26,12 @@ def test_app_declares_the_five_pages():
 def assert_navigation(tab, current) -> None:
     """The sidebar lists app.py's page titles (not file names) and marks `current` as the active page."""
     links = tab.locator('[data-testid="stSidebarNavLink"]')
-    expect(links).to_have_count(len(PAGES))
+    expect(links.first).to_be_visible()
     texts = [" ".join(t.split()) for t in links.all_inner_texts()]
-    for app_page, text in zip(PAGES, texts, strict=True):
-        assert text.endswith(app_page.title), f"navigation shows {texts}, expected the titles of app.py's PAGES"
+    titles = [p.title for p in PAGES]
+    assert len(texts) == len(titles) and all(t.endswith(title) for t, title in zip(texts, titles, strict=True)), (
+        f"the navigation shows {texts}, not app.py's pages {titles}: app.py's st.navigation did not run "
+        "(a pages/ folder next to app.py puts a fresh server's first sessions in Streamlit's legacy mode)")
     active = tab.locator('[data-testid="stSidebarNavLink"][aria-current="page"]')
     expect(active).to_have_count(1)
     expect(active).to_contain_text(current.title)
