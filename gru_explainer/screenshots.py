@@ -271,23 +271,28 @@ def take_screenshots(out_dir: Path, *, root: Path = ROOT, chromium: str = CHROMI
         pages = [p for p in pages if p.file not in missing]
     elif missing:
         raise RuntimeError(f"app.py lists pages that do not exist: {', '.join(missing)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
     with StreamlitServer(root, extra_args=["--theme.base", "light"]) as server, sync_playwright() as playwright:
         browser = launch_browser(playwright, chromium)
         try:
-            for app_page in pages:
-                context = new_context(browser)
-                page = context.new_page()
-                try:
-                    open_page(page, app_page.url(server.base_url))
-                    path = out_dir / f"{app_page.name}.png"
-                    png = capture_main(page, path)
-                    results.append((app_page, path, pixel_std(png)))
-                finally:
-                    context.close()
+            return capture_pages(browser, server.base_url, pages, out_dir)
         finally:
             browser.close()
+
+
+def capture_pages(browser: Any, base_url: str, pages: Sequence[AppPage], out_dir: Path,
+                  ) -> list[tuple[AppPage, Path, float]]:
+    """Capture each page of a running app (one fresh browser context each) into ``out_dir/<page>.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for app_page in pages:
+        context = new_context(browser)
+        try:
+            page = context.new_page()
+            open_page(page, app_page.url(base_url))
+            path = out_dir / f"{app_page.name}.png"
+            results.append((app_page, path, pixel_std(capture_main(page, path))))
+        finally:
+            context.close()
     return results
 
 
