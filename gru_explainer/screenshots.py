@@ -41,6 +41,8 @@ EXCEPTION = '[data-testid="stException"]'
 MIN_PLOT_PX = 50
 """Every Vega chart's plot area (largest frame / facet cell) must be at least this tall: Streamlit sizes charts
 without an explicit ``autosize`` with ``fit``, which can squeeze a layered chart's plot to a sliver."""
+LAYOUT_QUIET_MS = 800
+"""The page counts as laid out when the main area's height stayed the same this long."""
 MIN_PIXEL_STD = 8.0
 """A screenshot whose grey levels vary less than this is blank (a page of one colour, maybe with a header)."""
 
@@ -203,7 +205,8 @@ def chart_problems(page: Any, min_plot_px: float | None = None) -> list[str]:
 
 
 def wait_for_app(page: Any, timeout_ms: float = 60_000) -> None:
-    """Wait until the script run finished, stale elements are gone and every chart drew its svg/canvas.
+    """Wait until the script run finished, stale elements are gone, every chart drew its svg/canvas and the
+    layout settled.
 
     Raises AssertionError when the page shows a Streamlit exception or a chart's plot area collapsed.
     """
@@ -217,10 +220,25 @@ def wait_for_app(page: Any, timeout_ms: float = 60_000) -> None:
             return [...document.querySelectorAll(charts)].every(c => c.querySelector(drawn));
         }""",
         arg=[APP_READY, CHARTS, CHART_DRAWN], timeout=remaining, polling=100)
+    wait_for_layout(page, timeout_ms=max(1_000.0, (deadline - time.monotonic()) * 1000))
     errors = exception_texts(page)
     assert not errors, "the page shows an exception:\n" + "\n---\n".join(errors)
     problems = chart_problems(page)
     assert not problems, "charts did not draw properly:\n" + "\n".join(problems)
+
+
+def wait_for_layout(page: Any, quiet_ms: float = LAYOUT_QUIET_MS, timeout_ms: float = 30_000) -> None:
+    """Wait until the main area's height has not changed for `quiet_ms` (elements keep growing for a moment after
+    the run ends, while their components load and lay out)."""
+    page.wait_for_function(
+        """(quiet) => {
+            const block = document.querySelector('[data-testid="stMainBlockContainer"]') || document.body;
+            const height = block.scrollHeight, now = performance.now();
+            const seen = window.__gxLayout || (window.__gxLayout = {height: -1, since: now});
+            if (seen.height !== height) { seen.height = height; seen.since = now; return false; }
+            return now - seen.since >= quiet;
+        }""",
+        arg=quiet_ms, timeout=timeout_ms, polling=100)
 
 
 def open_page(page: Any, url: str, timeout_ms: float = 60_000) -> None:
@@ -243,16 +261,21 @@ def pixel_std(png: bytes | Path) -> float:
 
 def capture_main(page: Any, path: Path, max_height: int = 12_000) -> bytes:
     """Screenshot the main area at full height: grow the viewport to the content, then shoot `stMain`."""
-    height = page.evaluate(
-        """() => {
-            const main = document.querySelector('[data-testid="stMain"]');
-            const block = document.querySelector('[data-testid="stMainBlockContainer"]') || main;
-            return Math.ceil(Math.max(main.scrollHeight, block.scrollHeight + block.getBoundingClientRect().top));
-        }""")
     width = page.viewport_size["width"] if page.viewport_size else VIEWPORT["width"]
-    page.set_viewport_size({"width": width, "height": int(min(max(height, VIEWPORT["height"]), max_height))})
-    page.wait_for_timeout(300)  # let charts with width="stretch" re-layout
-    wait_for_app(page)
+    height = 0
+    for _ in range(3):  # a taller viewport can re-flow stretched elements: repeat until the height holds
+        wanted = page.evaluate(
+            """() => {
+                const main = document.querySelector('[data-testid="stMain"]');
+                const block = document.querySelector('[data-testid="stMainBlockContainer"]') || main;
+                return Math.ceil(Math.max(main.scrollHeight, block.scrollHeight + block.getBoundingClientRect().top));
+            }""")
+        wanted = int(min(max(wanted, VIEWPORT["height"]), max_height))
+        if wanted == height:
+            break
+        height = wanted
+        page.set_viewport_size({"width": width, "height": height})
+        wait_for_app(page)
     page.evaluate("document.fonts.ready")
     return page.locator('[data-testid="stMain"]').screenshot(path=str(path), animations="disabled")
 
