@@ -38,7 +38,7 @@ class Limits:
     max_head_size: int = 64
     max_weight_scale: float = 10.0
     # batch * seq_len * num_layers * directions * hidden_size: bounds the size of every state tensor.
-    max_state_elements: int = 1_048_576
+    max_state_elements: int = 524_288
 
     @classmethod
     def local(cls) -> Limits:

@@ -35,7 +35,7 @@ explain_module = importlib.import_module("gru_explainer.explain")  # the module 
     ({"device": 0}, "device must be a string"),
     ({"target": "   "}, "target must be a non-empty expression"),
     ({"cell": "answer_gru", "num_layers": 2}, "cell 'answer_gru' (the seed answer's hand-written GRU) has exactly 1"),
-    ({"batch_size": 64, "seq_len": 512, "hidden_size": 256}, "must be at most 1,048,576 (the state-size limit)"),
+    ({"batch_size": 64, "seq_len": 512, "hidden_size": 256}, "must be at most 524,288 (the state-size limit)"),
 ])
 def test_bad_fields_raise_config_error_naming_the_field(change: dict, message: str) -> None:
     cfg = ExplainConfig().replace(**change)
