@@ -54,7 +54,12 @@ SIDEBAR_FIELDS = ("cell", "num_layers", "input_size", "hidden_size", "bidirectio
 def shared_config() -> ExplainConfig:
     """The config shared by all pages; on a session's first run it comes from the URL, with notices for bad values."""
     if CONFIG_KEY not in st.session_state:
-        cfg, notices = config_from_query(st.query_params.to_dict())
+        cfg, notices = config_from_query(st.query_params.to_dict())  # a repeated key: its last value counts
+        for key in list(st.query_params):
+            values = st.query_params.get_all(key)
+            if len(values) > 1:
+                notices.append(f"The URL gives {key[:40]!r} {len(values)} times; only the last value counts.")
+                st.query_params[key] = values[-1]
         st.session_state[NOTICES_KEY] = notices
         for key in list(st.query_params):  # drop unknown keys (noticed above); pages own the dotted ones
             if key not in FIELD_NAMES and "." not in key:

@@ -40,6 +40,12 @@ def _from_url(key: str, options: list, default: list) -> None:
         st.session_state[key] = default
 
 
+def _keep_offered(key: str, options: list) -> None:
+    """Drop selections that are not among `options` (a multiselect would hand them back as text)."""
+    if key in st.session_state:
+        st.session_state[key] = [v for v in st.session_state[key] if v in options and type(v) is type(options[0])]
+
+
 def _to_url(key: str, values: list, default: list) -> None:
     text = ",".join(map(str, values))
     if values == default:
@@ -81,6 +87,7 @@ _from_url("flow.cells", list(CELLS), DEFAULT_CELLS)
 cells = st.multiselect("Cells to compare", CELLS, key="flow.cells", format_func=cell_label,
                        help="Each cell runs with the sidebar's sizes, seed, target and device; the seed answer's GRU "
                             "always has one layer.")
+cells = [c for c in cells if c in CELLS]  # a value decoded against stale options comes back as text: drop it
 _to_url("flow.cells", cells, DEFAULT_CELLS)
 if not cells:
     st.info("Choose at least one cell to compare.", icon=":material/info:")
@@ -133,8 +140,16 @@ for col, row in zip(metric_cols, rates.itertuples(index=False), strict=False):
                border=True)
 
 st.subheader("Sweep: sequence length × weight scale")
-seq_options = sorted({t for t in SEQ_LENS if t <= Limits.from_env().max_seq_len} | {cfg.seq_len})
-scale_options = sorted(set(WEIGHT_SCALES) | {float(cfg.weight_scale)})
+limits = Limits.from_env()
+# Options: the fixed choices, the sidebar's current value, and what this session picked before (the sidebar's value
+# may have moved on since), so a selection never points at a value that is no longer offered.
+picked_lens = {t for t in st.session_state.get("flow.T", []) if type(t) is int and 1 <= t <= limits.max_seq_len}
+picked_scales = {s for s in st.session_state.get("flow.scale", [])
+                 if type(s) is float and 0 < s <= limits.max_weight_scale}
+seq_options = sorted({t for t in SEQ_LENS if t <= limits.max_seq_len} | {cfg.seq_len} | picked_lens)
+scale_options = sorted(set(WEIGHT_SCALES) | {float(cfg.weight_scale)} | picked_scales)
+_keep_offered("flow.T", seq_options)
+_keep_offered("flow.scale", scale_options)
 default_lens, default_scales = [cfg.seq_len], sorted({0.5, 1.0, 2.0, float(cfg.weight_scale)})
 _from_url("flow.T", seq_options, default_lens)
 _from_url("flow.scale", scale_options, default_scales)
@@ -143,6 +158,8 @@ seq_lens = c1.multiselect("Sequence lengths T", seq_options, key="flow.T")
 scales = c2.multiselect("Weight scales", scale_options, key="flow.scale", format_func=lambda v: f"{v:g}",
                         help="Multiplies PyTorch's init range U(±1/√H): above 1 gradients tend to explode, "
                              "below 1 to vanish.")
+seq_lens = [t for t in seq_lens if t in seq_options and type(t) is int]  # (as for the cells)
+scales = [w for w in scales if w in scale_options and type(w) is float]
 _to_url("flow.T", seq_lens, default_lens)
 _to_url("flow.scale", scales, default_scales)
 runs = len(cells) * len(seq_lens) * len(scales)
