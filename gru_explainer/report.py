@@ -86,19 +86,25 @@ class GradientReport:
 
 def _step_stats(grad: Tensor, reached: Tensor, values_fwd: Tensor | None) -> dict[str, Tensor]:
     """Per-step statistics of a [B, T, K] gradient, its structural mask and the forward values it belongs to."""
-    values = grad.double()
-    finite = torch.isfinite(values)
-    exactly_zero = (values == 0).all(dim=2).all(dim=0)
+    steps = grad.shape[1]
+    if grad.numel() == 0:
+        zeros = torch.zeros(steps, dtype=torch.float64)
+        flags = torch.zeros(steps, dtype=torch.bool)
+        return {"norm": zeros, "max_abs": zeros, "exactly_zero": ~flags, "structurally_zero": ~flags,
+                "underflow": flags, "nonfinite": flags, "forward_nonfinite": flags}
+    max_abs = grad.abs().amax(dim=(0, 2)).double()  # NaN or inf here iff the step holds a non-finite value
+    exactly_zero = torch.count_nonzero(grad, dim=(0, 2)) == 0
     structurally_zero = ~reached.any(dim=2).any(dim=0)
+    forward_nonfinite = (torch.zeros(steps, dtype=torch.bool) if values_fwd is None
+                         else ~torch.isfinite(values_fwd.abs().amax(dim=(0, 2))))
     return {
-        "norm": values.pow(2).sum(dim=(0, 2)).sqrt(),
-        "max_abs": values.abs().amax(dim=(0, 2)) if values.numel() else values.new_zeros(values.shape[1]),
+        "norm": torch.linalg.vector_norm(grad, ord=2, dim=(0, 2), dtype=torch.float64),
+        "max_abs": max_abs,
         "exactly_zero": exactly_zero,
         "structurally_zero": structurally_zero,
         "underflow": exactly_zero & ~structurally_zero,
-        "nonfinite": ~finite.all(dim=2).all(dim=0),
-        "forward_nonfinite": (torch.zeros(values.shape[1], dtype=torch.bool) if values_fwd is None
-                              else ~torch.isfinite(values_fwd).all(dim=2).all(dim=0)),
+        "nonfinite": ~torch.isfinite(max_abs),
+        "forward_nonfinite": forward_nonfinite,
     }
 
 
