@@ -1,0 +1,128 @@
+"""Numerical faults and size extremes in the UI: exploding gradients and an overflowing forward pass render every
+chart with the non-finite values marked (never clipped, never dropped), the verdict says what happened; the largest
+config the hosted limits allow renders once."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from gru_explainer import ExplainConfig, Limits, explain
+from gru_explainer.urlstate import config_to_query
+
+EXPLORER = str(Path(__file__).resolve().parents[1] / "pages" / "explorer.py")
+
+EXPLODING = ExplainConfig(cell="rnn_tanh", hidden_size=128, seq_len=512, batch_size=2, weight_scale=4, input_size=4)
+"""inf/NaN gradients far from the target step (the forward pass stays finite: tanh saturates)."""
+OVERFLOWING = ExplainConfig(cell="rnn_relu", weight_scale=10, hidden_size=64, seq_len=500)
+"""The forward pass itself overflows to inf (ReLU does not saturate)."""
+
+
+def chart_rows(element) -> pd.DataFrame:
+    """The data a Vega-Lite chart element carries (Arrow data sets, or inline values past Altair's row limit)."""
+    spec = json.loads(element.proto.spec)
+    if element.proto.datasets:
+        (dataset,) = element.proto.datasets
+        return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
+    return pd.DataFrame(spec["data"]["values"])
+
+
+def open_explorer(cfg: ExplainConfig, timeout: float = 90) -> AppTest:
+    """The explorer opened through the URL with `cfg`, as a visitor would."""
+    at = AppTest.from_file(EXPLORER, default_timeout=timeout)
+    for key, value in config_to_query(cfg).items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.warning and not at.error, [w.value for w in at.warning] + [e.value for e in at.error]
+    assert at.session_state["gx_config"] == cfg
+    return at
+
+
+def verdict_text(at: AppTest) -> str:
+    (text,) = [m.value for m in at.markdown if m.value.startswith("**Target**")]
+    return text
+
+
+def assert_marked_not_clipped(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """Chart rows match the report row for row: non-finite rows carry the non-finite status, no number (so nothing
+    was clipped to a finite value), their text says inf/NaN and they sit on the ceiling; finite rows keep their norm."""
+    assert len(rows) == len(frame)
+    bad = frame["nonfinite"].to_numpy()
+    assert list(rows["status"] == "nonfinite") == list(bad)
+    marked = rows[bad]
+    assert marked["norm"].isna().all()
+    assert marked["norm_text"].isin(["inf", "-inf", "NaN"]).all()
+    assert (marked["plot_y"] >= rows["plot_y"].max()).all()  # on the ceiling line, above every value
+    finite = rows[~bad]
+    np.testing.assert_allclose(finite["norm"].to_numpy(float), frame["norm"][~bad].to_numpy(float), rtol=1e-6)
+
+
+def test_exploding_gradients_are_marked_everywhere() -> None:
+    report = explain(EXPLODING)
+    assert report.frame["nonfinite"].any() and not report.frame["forward_nonfinite"].any()
+    at = open_explorer(EXPLODING)
+    norms, heatmap, inputs = at.get("vega_lite_chart")
+    states = report.frame[report.frame.quantity != "input"].reset_index(drop=True)
+    assert_marked_not_clipped(chart_rows(norms), states)
+    x = report.frame[report.frame.quantity == "input"].reset_index(drop=True)
+    assert_marked_not_clipped(chart_rows(inputs), x)
+    text = verdict_text(at)
+    assert "**Non-finite**" in text and "Nothing was clipped" in text and "overflowed" not in text
+    (table,) = at.dataframe  # the numbers as shown: inf / NaN kept
+    assert not np.isfinite(table.value["norm"].to_numpy(float)).all()
+    # The heatmap of the layer that exploded (layer 0 here) marks its inf/NaN cells (binned over time: 512 steps).
+    (layer,) = report.frame[report.frame.nonfinite & (report.frame.quantity == "hidden_state")]["layer"].unique()
+    assert not bool(chart_rows(heatmap)["nonfinite"].any()) or layer == EXPLODING.num_layers - 1
+    at.selectbox(key="gx_hm_layer").set_value(int(layer))
+    at.run()
+    assert not at.exception and not at.error
+    cells = chart_rows(at.get("vega_lite_chart")[1])
+    assert bool(cells["nonfinite"].any())
+    assert not np.isfinite(cells.loc[cells["nonfinite"].astype(bool), "value"].astype(float)).any()
+
+
+def test_an_overflowing_forward_pass_is_named_in_the_verdict() -> None:
+    report = explain(OVERFLOWING)
+    assert report.frame["forward_nonfinite"].any() and not math.isfinite(report.target_value)
+    at = open_explorer(OVERFLOWING)
+    norms, _heatmap, inputs = at.get("vega_lite_chart")
+    assert_marked_not_clipped(chart_rows(norms), report.frame[report.frame.quantity != "input"].reset_index(drop=True))
+    assert_marked_not_clipped(chart_rows(inputs), report.frame[report.frame.quantity == "input"].reset_index(drop=True))
+    text = verdict_text(at)
+    assert "**The forward pass overflowed**" in text and "= nan" in text.splitlines()[0]
+
+
+@pytest.mark.parametrize("target", ["y.sum() / 0", "y.sum() ** 1e308"])
+def test_a_target_that_is_infinite_renders(target: str) -> None:
+    cfg = ExplainConfig(seq_len=6, hidden_size=8, target=target)
+    at = open_explorer(cfg)
+    assert len(at.get("vega_lite_chart")) == 3
+    report = explain(cfg)
+    norms = chart_rows(at.get("vega_lite_chart")[0])
+    assert_marked_not_clipped(norms, report.frame[report.frame.quantity != "input"].reset_index(drop=True))
+
+
+def test_largest_allowed_config_once() -> None:
+    """The widest model the hosted limits allow (layers, hidden, input, head at their maxima, bidirectional) with the
+    longest sequence that fits the state-size limit: the explorer renders it in full."""
+    lim = Limits.from_env()
+    per_step = lim.max_num_layers * 2 * lim.max_hidden_size
+    steps = min(lim.max_seq_len, lim.max_state_elements // per_step)
+    cfg = ExplainConfig(num_layers=lim.max_num_layers, hidden_size=lim.max_hidden_size, bidirectional=True,
+                        input_size=lim.max_input_size, head="linear", head_size=lim.max_head_size, seq_len=steps,
+                        batch_size=max(1, lim.max_state_elements // (per_step * steps)), target="out.sum()")
+    cfg.validate(lim)
+    at = open_explorer(cfg, timeout=120)
+    norms, heatmap, inputs = at.get("vega_lite_chart")
+    assert len(chart_rows(norms)) == (1 + cfg.num_layers) * 2 * steps  # y (top layer) and h_t of every layer
+    assert len(chart_rows(inputs)) == steps
+    assert len(chart_rows(heatmap)) > 0
+    assert verdict_text(at).startswith("**Target** `out.sum()`")
