@@ -1,0 +1,64 @@
+"""Hardening in a real browser: eight visitors open the explorer at once, each with a different config in the URL,
+against the one server; every page shows exactly its own numbers. One more visitor brings a hostile URL and gets
+notices and the defaults, without disturbing the others."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import expect
+
+from gru_explainer import ExplainConfig, explain
+from gru_explainer.screenshots import new_context, wait_for_app
+from gru_explainer.urlstate import config_to_query
+
+from .helpers import page_url, verdict_line, verdict_value
+
+pytestmark = pytest.mark.e2e
+SESSIONS = [
+    ExplainConfig(seed=21),
+    ExplainConfig(cell="lstm", seed=22, target="c_n.sum()"),
+    ExplainConfig(cell="rnn_tanh", bidirectional=True, seq_len=8, seed=23, target="y[:, 3].sum()"),
+    ExplainConfig(cell="rnn_relu", num_layers=1, hidden_size=16, seed=24, target="y.mean()"),
+    ExplainConfig(cell="answer_gru", num_layers=1, seed=25, target="h_n.sum()"),
+    ExplainConfig(head="linear", head_size=3, seed=26, target="out.sum()"),
+    ExplainConfig(dtype="float64", hidden_size=12, seq_len=6, seed=27, target="(y[:, -1] ** 2).mean()"),
+    ExplainConfig(num_layers=3, hidden_size=8, batch_size=4, seed=28, weight_scale=2.0),
+]
+HOSTILE = "hidden_size=1e309&cell=%3Cscript%3E&target=__import__('os')&device=cuda:7&seed=1&seed=2&zzz=%F0%9F%92%A5"
+
+
+def query(cfg: ExplainConfig) -> str:
+    return "&".join(f"{k}={quote(v, safe='')}" for k, v in config_to_query(cfg).items())
+
+
+def test_eight_sessions_at_once_each_see_their_own_numbers(browser, base_url):
+    expected = [explain(cfg).target_value for cfg in SESSIONS]
+    assert len({f"{v:.6g}" for v in expected}) == len(SESSIONS), "the sessions' target values must be distinct"
+    contexts = [new_context(browser) for _ in range(len(SESSIONS) + 1)]
+    start = time.monotonic()
+    try:
+        tabs = [ctx.new_page() for ctx in contexts]
+        # Navigate every session before waiting on any: the server runs their scripts concurrently.
+        for tab, cfg in zip(tabs, SESSIONS, strict=False):
+            tab.goto(page_url(base_url, "/explorer", query(cfg)), wait_until="commit")
+        tabs[-1].goto(page_url(base_url, "/explorer", HOSTILE), wait_until="commit")
+        for tab, cfg, value in zip(tabs, SESSIONS, expected, strict=False):
+            wait_for_app(tab, timeout_ms=120_000)
+            line = verdict_line(tab)
+            expect(line).to_contain_text(cfg.target)
+            expect(line).to_contain_text(f"T = {cfg.seq_len}")
+            assert f"{verdict_value(line.inner_text()):.6g}" == f"{value:.6g}", cfg  # the verdict prints 6 digits
+            assert tab.locator('[data-testid="stAlertContentWarning"]').count() == 0
+        hostile = tabs[-1]
+        wait_for_app(hostile, timeout_ms=120_000)
+        assert hostile.locator('[data-testid="stAlertContentWarning"]').count() >= 6  # one notice per bad value
+        default = explain(ExplainConfig(seed=2))
+        assert f"{verdict_value(verdict_line(hostile).inner_text()):.6g}" == f"{default.target_value:.6g}"
+        assert "script" not in hostile.url and "1e309" not in hostile.url  # the URL was cleaned
+        assert time.monotonic() - start < 120
+    finally:
+        for ctx in contexts:
+            ctx.close()
