@@ -157,7 +157,7 @@ def test_empty_or_oversized_sweeps_are_refused_politely(scales: list[float]) -> 
 
 
 def test_sweep_over_the_work_budget_is_refused() -> None:
-    at = _run(ExplainConfig(hidden_size=256, batch_size=64, num_layers=4, seq_len=10))
+    at = _run(ExplainConfig(hidden_size=256, batch_size=32, num_layers=4, seq_len=10))
     assert not at.exception and not at.error
     at.multiselect(key="flow.T").set_value([10, 200]).run()
     assert not at.exception and not at.error
