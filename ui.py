@@ -16,6 +16,7 @@ Extra helpers:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,7 @@ def shared_config() -> ExplainConfig:
                 del st.query_params[key]
         set_shared_config(cfg)  # rewrite the URL without the values that fell back to defaults
     for notice in st.session_state.pop(NOTICES_KEY, []):
-        st.warning(notice, icon=":material/link_off:")
+        st.warning(md_escape(notice), icon=":material/link_off:")
     return st.session_state[CONFIG_KEY]
 
 
@@ -89,12 +90,26 @@ def show_error(err: Exception, on_cpu: Callable[[], None] | None = None) -> None
     button; `on_cpu` is an extra callback for that button (e.g. a page that picks its own devices).
     """
     if isinstance(err, DeviceError):
-        st.error(str(err), icon=":material/memory:")
+        st.error(md_escape(str(err)), icon=":material/memory:")
         offer_cpu(on_cpu)
     elif isinstance(err, ValueError):
-        st.error(str(err), icon=":material/error:")
+        st.error(md_escape(str(err)), icon=":material/error:")
     else:
-        st.error(f"Unexpected {type(err).__name__}: {err}", icon=":material/error:")
+        st.error(md_escape(f"Unexpected {type(err).__name__}: {err}"), icon=":material/error:")
+
+
+_MARKDOWN = re.compile(r"[\\`*\[\]<>$~&|#@]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|(?<=:)//|(?<=www)\.", re.IGNORECASE)
+
+
+def md_escape(text: str) -> str:
+    """`text` as literal characters in Streamlit's Markdown (alerts render Markdown).
+
+    Messages quote what a visitor typed or put in the URL, so without this a URL could put a link, an image or
+    formatting into a notice (`[Click](https://…)`), and `__import__` would show as a bold "import". Escaped:
+    Markdown's punctuation, underscores that could start or end emphasis (not those inside names like hidden_size),
+    and the "//", "www." or "@" that would turn a bare address into a link.
+    """
+    return _MARKDOWN.sub(lambda m: "".join("\\" + c for c in m.group(0)), text)
 
 
 CPU_BUTTON_KEY = "gx_run_on_cpu"
@@ -295,4 +310,4 @@ def config_sidebar() -> ExplainConfig:
 
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
-           "offer_cpu", "report_chart", "set_shared_config", "shared_config", "show_error"]
+           "md_escape", "offer_cpu", "report_chart", "set_shared_config", "shared_config", "show_error"]

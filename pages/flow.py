@@ -35,7 +35,8 @@ def _from_url(key: str, options: list, default: list) -> None:
     if values and all(v is not None for v in values):
         st.session_state[key] = list(dict.fromkeys(values))
     else:
-        st.warning(f"The URL's {key}={raw!r} is not a list of {', '.join(map(str, options))}; using the default.",
+        st.warning(ui.md_escape(f"The URL's {key}={raw[:80]!r} is not a list of {', '.join(map(str, options))}; "
+                                "using the default."),
                    icon=":material/link_off:")
         st.session_state[key] = default
 
@@ -109,7 +110,7 @@ except Exception as err:  # never a traceback: unexpected failures (e.g. out of 
     ui.show_error(err)
     st.stop()
 for cell, _, _, message in profile.attrs.get("skipped", []):
-    st.error(f"{cell_label(cell)}: {message}", icon=":material/error:")
+    st.error(ui.md_escape(f"{cell_label(cell)}: {message}"), icon=":material/error:")
 if profile.empty:
     st.stop()
 
@@ -188,7 +189,7 @@ skipped = swept.attrs.get("skipped", [])
 if skipped:
     listed = "; ".join(f"{cell_label(c)} T={t} scale {w:g}: {m}" for c, t, w, m in skipped[:5])
     more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-    st.warning(f"Skipped {len(skipped)} combination(s): {listed}{more}", icon=":material/warning:")
+    st.warning(ui.md_escape(f"Skipped {len(skipped)} combination(s): {listed}{more}"), icon=":material/warning:")
 if swept.empty:
     st.stop()
 swept_rates = decay_rates(_pick(swept, int(layer), direction))

@@ -41,10 +41,12 @@ GARBAGE_TARGETS = [
     "y[:, -1].sum()\n__import__('os')", "\x00", "y.sum\u200b()", "ÿ.sum()", "y[:, 10**100].sum()",
     "y[:, 99999999999999999999].sum()", "1e309 * y.sum()", "y[::0].sum()", "y[:, 'a'].sum()", "y[:, 1.5].sum()",
     "(" * 300 + "y.sum()" + ")" * 300, "y" * 10_000, "y[:, -1].sum().backward()", "y.sum() if 1 else 0",
+    "y[:, -1].sum()  # 注释", "y.sum() # ` [Click to fix your GPU](https://evil.example) `", "y.sum()\n",
 ]
-"""Free-text targets that must be refused with the core's message: code, dunders, unicode, huge numbers, nesting."""
-ODD_BUT_VALID_TARGETS = ["ｙ[:, -1].sum()", "y[:, -1].sum()  # 注释", "y.sum() / 0", "y.sum() ** 1e308"]
-"""Accepted: NFKC-normalised names (as in Python), comments; the last two give inf (shown as non-finite)."""
+"""Free-text targets that must be refused with a message: code, dunders, unicode, huge numbers, nesting, comments
+(the parser skips them, so they could carry a Markdown link into the verdict: the app refuses them)."""
+ODD_BUT_VALID_TARGETS = ["ｙ[:, -1].sum()", "y.sum() / 0", "y.sum() ** 1e308"]
+"""Accepted: NFKC-normalised names (as in Python); the last two give inf (shown as non-finite)."""
 OUT_OF_RANGE = {"int": [10**30, -5], "float": [1e308, -5.0, math.inf, math.nan]}
 """Values a browser never sends (it clamps). Not inf/NaN for whole-number inputs: Streamlit's own int deserializer
 raises on them before the script runs (the hostile session alone sees an exception; nothing an app can catch)."""

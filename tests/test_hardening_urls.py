@@ -7,6 +7,7 @@ unicode, very long values, unknown keys, and the pages' own dotted keys.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ BAD_QUERIES: list[tuple[str, dict[str, str | list[str]], int, ExplainConfig | No
     ("negative seed", {"seed": "-1"}, 1, DEFAULT),
     ("code as target", {"target": "__import__('os')"}, 1, DEFAULT),
     ("dunder target", {"target": "y.__class__.__mro__"}, 1, DEFAULT),
+    ("link in a target comment", {"target": "y.sum() # ` [Click to fix your GPU](https://evil.example) `"}, 1, DEFAULT),
+    ("link as a key", {"[Click](javascript:alert(1))": "1"}, 1, DEFAULT),
     ("absent device", {"device": "cuda:7"}, 1, DEFAULT),
     ("unknown device", {"device": "tpu"}, 1, DEFAULT),
     ("repeated key, last value bad", {"cell": ["lstm", "gpt"]}, 2, DEFAULT),
@@ -47,6 +50,15 @@ BAD_QUERIES: list[tuple[str, dict[str, str | list[str]], int, ExplainConfig | No
 ]
 """Each row: the notices (one per bad value) and the config the page must end up with. The state-size row resets
 sizes in urlstate's order until the config fits, whatever the hosted limit is at the time."""
+
+
+UNESCAPED = re.compile(r"(?<!\\)[\[\]`*<>]")
+
+
+def assert_literal(texts: list[str]) -> None:
+    """Notices quote URL text; Markdown in it (links, code, emphasis, HTML) must arrive escaped, as plain text."""
+    for text in texts:
+        assert not UNESCAPED.search(text), text
 
 
 def run(at: AppTest) -> AppTest:
@@ -68,6 +80,7 @@ def test_bad_query_on_the_explorer(query: dict, notices: int, expected: ExplainC
     at = open_with("pages/explorer.py", query)
     shown = [w.value for w in at.warning]
     assert len(shown) == notices if notices >= 0 else shown, shown
+    assert_literal(shown)
     assert not at.error, [e.value for e in at.error]
     assert at.session_state["gx_config"] == (expected or at.session_state["gx_config"])
     at.session_state["gx_config"].validate(Limits.from_env())
@@ -94,6 +107,7 @@ def test_bad_query_on_every_page(page: str, extra: dict, check: str) -> None:
     shown = [w.value for w in at.warning]
     # 5 bad fields + the unknown key + the repeated key, plus one per bad page key
     assert len(shown) >= 7 + len(extra), shown
+    assert_literal(shown)
     assert not at.error, [e.value for e in at.error]
     assert at.session_state["gx_config"] == DEFAULT.replace(seed=2)
     assert at.get(check)

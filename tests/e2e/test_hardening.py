@@ -27,7 +27,8 @@ SESSIONS = [
     ExplainConfig(dtype="float64", hidden_size=12, seq_len=6, seed=27, target="(y[:, -1] ** 2).mean()"),
     ExplainConfig(num_layers=3, hidden_size=8, batch_size=4, seed=28, weight_scale=2.0),
 ]
-HOSTILE = "hidden_size=1e309&cell=%3Cscript%3E&target=__import__('os')&device=cuda:7&seed=1&seed=2&zzz=%F0%9F%92%A5"
+HOSTILE = ("hidden_size=1e309&cell=%3Cscript%3E&target=__import__('os')&device=cuda:7&seed=1&seed=2"
+           "&%5BClick%20to%20fix%20your%20GPU%5D(https%3A%2F%2Fevil)=%F0%9F%92%A5")
 
 
 def query(cfg: ExplainConfig) -> str:
@@ -54,7 +55,11 @@ def test_eight_sessions_at_once_each_see_their_own_numbers(browser, base_url):
             assert tab.locator('[data-testid="stAlertContentWarning"]').count() == 0
         hostile = tabs[-1]
         wait_for_app(hostile, timeout_ms=120_000)
-        assert hostile.locator('[data-testid="stAlertContentWarning"]').count() >= 6  # one notice per bad value
+        notices = hostile.locator('[data-testid="stAlertContentWarning"]')
+        assert notices.count() >= 6  # one notice per bad value
+        text = " ".join(notices.all_inner_texts())
+        assert "__import__('os')" in text and "[Click to fix your GPU](https://evil)" in text  # shown literally
+        assert hostile.locator('a[href*="evil"]').count() == 0  # URL text never becomes a link
         default = explain(ExplainConfig(seed=2))
         assert f"{verdict_value(verdict_line(hostile).inner_text()):.6g}" == f"{default.target_value:.6g}"
         assert "script" not in hostile.url and "1e309" not in hostile.url  # the URL was cleaned
