@@ -17,7 +17,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import ui
-from gru_explainer import DeviceError, ExplainConfig, explain
+from gru_explainer import DeviceError, ExplainConfig, available_devices, explain
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLORER, FLOW, DEVICES = (str(ROOT / "pages" / f"{name}.py") for name in ("explorer", "flow", "devices"))
@@ -114,7 +114,8 @@ def test_absent_device_in_the_url_falls_back_with_a_notice() -> None:
     at.query_params["device"] = "cuda:7"
     run(at)
     assert len(at.warning) == 1 and not at.error
-    assert "device 'cuda:7' is not available on this machine; available: auto, cpu" in at.warning[0].value
+    available = ", ".join(["auto", *available_devices()])
+    assert f"device 'cuda:7' is not available on this machine; available: {available}" in at.warning[0].value
     assert at.session_state["gx_config"].device == "cpu" and "device" not in at.query_params
     assert len(at.get("vega_lite_chart")) == 3
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from streamlit.testing.v1 import AppTest
 
-from gru_explainer import ExplainConfig, Limits
+from gru_explainer import ExplainConfig, Limits, available_devices
 from gru_explainer.compare import MAX_REPEATS
 from gru_explainer.config import CELLS, DTYPES, HEADS
 from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS
@@ -185,8 +185,8 @@ def _charts(count: int) -> Callable[[AppTest], None]:
     return check
 
 
-DEVICES = ["auto", "cpu"]
-"""The sidebar's device options on this machine (tests/test_hardening_devices.py covers accelerators)."""
+DEVICES = ["auto", *available_devices()]
+"""The sidebar's device options on this machine (tests/test_hardening_devices.py simulates a failing one)."""
 SWEPT: dict[str, int] = {}
 """Cases run per page (read by the figures in docs/hardening.md)."""
 
