@@ -12,11 +12,11 @@ import ui
 HERE = Path(__file__).parent
 PAGES = [
     # (file, title, icon): pages whose file is missing are left out, so the app runs while pages are being written.
-    ("pages/puzzle.py", "The puzzle", ":material/help:"),
-    ("pages/explorer.py", "Gradient explorer", ":material/insights:"),
-    ("pages/flow.py", "Gradient flow through time", ":material/trending_down:"),
-    ("pages/graph.py", "Autograd graph", ":material/account_tree:"),
-    ("pages/devices.py", "Devices & engines", ":material/memory:"),
+    ("app_pages/puzzle.py", "The puzzle", ":material/help:"),
+    ("app_pages/explorer.py", "Gradient explorer", ":material/insights:"),
+    ("app_pages/flow.py", "Gradient flow through time", ":material/trending_down:"),
+    ("app_pages/graph.py", "Autograd graph", ":material/account_tree:"),
+    ("app_pages/devices.py", "Devices & engines", ":material/memory:"),
 ]
 
 

@@ -52,23 +52,8 @@ SIDEBAR_FIELDS = ("cell", "num_layers", "input_size", "hidden_size", "bidirectio
 """The config fields `config_sidebar` edits (all but the target, which pages choose themselves)."""
 
 
-def _leave_legacy_multipage_mode() -> None:
-    """Make sure app.py runs: the first session of a fresh server that deep-links to a page (e.g. a shared
-    /explorer link waking a hosted app) runs in Streamlit's legacy multipage mode, because a pages/ folder sits
-    next to app.py: the page runs alone, without app.py's page config and navigation, and with the folder's file
-    names in the sidebar. Streamlit leaves that mode for good once app.py has called st.navigation; this switches
-    it off and reruns, so app.py runs and shows the page the link asked for. A no-op in every later run.
-    """
-    from streamlit.runtime.pages_manager import PagesManager  # internal: the flag Streamlit 1.x keeps per process
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def shared_config() -> ExplainConfig:
     """The config shared by all pages; on a session's first run it comes from the URL, with notices for bad values."""
-    _leave_legacy_multipage_mode()
     if CONFIG_KEY not in st.session_state:
         cfg, notices = config_from_query(st.query_params.to_dict())  # a repeated key: its last value counts
         for key in list(st.query_params):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "explorer.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
 
 def timed_rerun(at: AppTest) -> float:

@@ -51,7 +51,7 @@ MIN_PIXEL_STD = 8.0
 class AppPage:
     """One page of the app's navigation, as app.py declares it."""
 
-    file: str  # e.g. "pages/explorer.py"
+    file: str  # e.g. "app_pages/explorer.py"
     title: str  # the navigation label
     url_path: str  # "" for the default page, else the file stem (st.navigation's default)
 

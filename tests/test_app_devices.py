@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from gru_explainer import ExplainConfig
 from gru_explainer.compare import COMPARED, compare, distinct_devices
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "devices.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "devices.py")
 CPU_ONLY = distinct_devices() == ["cpu"]
 
 

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, explain
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "explorer.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
 
 def chart_data(element) -> tuple[dict, pd.DataFrame]:

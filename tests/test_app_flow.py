@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from gru_explainer import ExplainConfig, explain
 from gru_explainer.flow import cell_config, decay_profile, decay_rates, sweep
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "flow.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "flow.py")
 
 
 def chart_datasets(element) -> list[pd.DataFrame]:

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from gru_explainer import ExplainConfig
 from gru_explainer.graph import backward_graph_dot
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "graph.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "graph.py")
 
 
 def _run(config: ExplainConfig | None = None) -> AppTest:

@@ -18,7 +18,7 @@ from gru_explainer import ExplainConfig, explain
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGE_FILES = ["pages/puzzle.py", "pages/explorer.py", "pages/flow.py", "pages/graph.py", "pages/devices.py"]
+PAGE_FILES = [f"app_pages/{name}.py" for name in ("puzzle", "explorer", "flow", "graph", "devices")]
 EXISTING = [p for p in PAGE_FILES if (ROOT / p).exists()]
 
 
@@ -90,15 +90,15 @@ def test_url_survives_page_switches() -> None:
     at.query_params["seq_len"] = "6"
     run(at)
     assert not at.warning
-    at.switch_page("pages/explorer.py")
+    at.switch_page("app_pages/explorer.py")
     run(at)
     assert at.selectbox(key="gx_cell").value == "lstm" and at.number_input(key="gx_seq_len").value == 6
     at.number_input(key="gx_hidden_size").set_value(16)
     run(at)
-    at.switch_page("pages/puzzle.py")
+    at.switch_page("app_pages/puzzle.py")
     run(at)
     assert {k: at.query_params[k] for k in at.query_params} == {"cell": "lstm", "seq_len": "6", "hidden_size": "16"}
-    at.switch_page("pages/explorer.py")
+    at.switch_page("app_pages/explorer.py")
     run(at)
     assert at.number_input(key="gx_hidden_size").value == 16 and at.selectbox(key="gx_cell").value == "lstm"
 

@@ -20,7 +20,7 @@ import ui
 from gru_explainer import DeviceError, ExplainConfig, available_devices, explain
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPLORER, FLOW, DEVICES = (str(ROOT / "pages" / f"{name}.py") for name in ("explorer", "flow", "devices"))
+EXPLORER, FLOW, DEVICES = (str(ROOT / "app_pages" / f"{name}.py") for name in ("explorer", "flow", "devices"))
 FAKE_GPU = "cuda:0"
 explain_module = importlib.import_module("gru_explainer.explain")
 config_module = importlib.import_module("gru_explainer.config")

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from gru_explainer import ExplainConfig, Limits, explain
 from gru_explainer.urlstate import config_to_query
 
-EXPLORER = str(Path(__file__).resolve().parents[1] / "pages" / "explorer.py")
+EXPLORER = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
 EXPLODING = ExplainConfig(cell="rnn_tanh", hidden_size=128, seq_len=512, batch_size=2, weight_scale=4, input_size=4)
 """inf/NaN gradients far from the target step (the forward pass stays finite: tanh saturates)."""

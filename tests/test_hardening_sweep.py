@@ -174,7 +174,7 @@ def _check(at: AppTest, expected: str, ok: Callable[[AppTest], None]) -> str | N
 
 
 def _page(name: str, timeout: float = 90) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=timeout)
+    at = AppTest.from_file(str(ROOT / "app_pages" / f"{name}.py"), default_timeout=timeout)
     at.session_state["gx_config"] = SMALL
     return at
 
@@ -289,7 +289,7 @@ def test_puzzle_has_no_controls_to_sweep() -> None:
 def test_flow_keeps_a_sweep_length_the_sidebar_moved_away_from() -> None:
     """Regression: the sweep's lengths were offered from the sidebar's T; after T changed, the selected old T was no
     longer offered and the selection was silently emptied."""
-    at = AppTest.from_file(str(ROOT / "pages" / "flow.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "flow.py"), default_timeout=90)
     at.session_state["gx_config"] = SMALL.replace(seq_len=7)
     at.run()
     assert at.multiselect(key="flow.T").value == [7]
@@ -304,7 +304,7 @@ def test_flow_survives_a_selection_sent_against_stale_options() -> None:
     """Regression: a client sent a sweep length in the same rerun that changed the sidebar's T; the multiselect
     decoded it against the previous run's options, where it was not one, and handed it back as text: the page crashed
     (TypeError summing the lengths). Found by the sweep above."""
-    at = AppTest.from_file(str(ROOT / "pages" / "flow.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "flow.py"), default_timeout=90)
     at.session_state["gx_config"] = SMALL
     at.run()
     at.number_input(key="gx_seq_len").set_value(7)

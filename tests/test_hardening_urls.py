@@ -77,7 +77,7 @@ def open_with(page: str, query: dict[str, str | list[str]], timeout: float = 60)
 @pytest.mark.parametrize(("query", "notices", "expected"), [row[1:] for row in BAD_QUERIES],
                          ids=[row[0] for row in BAD_QUERIES])
 def test_bad_query_on_the_explorer(query: dict, notices: int, expected: ExplainConfig | None) -> None:
-    at = open_with("pages/explorer.py", query)
+    at = open_with("app_pages/explorer.py", query)
     shown = [w.value for w in at.warning]
     assert len(shown) == notices if notices >= 0 else shown, shown
     assert_literal(shown)
@@ -97,10 +97,10 @@ ALL_AT_ONCE = {"hidden_size": "1e309", "cell": "<script>", "seq_len": "999999999
 
 @pytest.mark.parametrize(("page", "extra", "check"), [
     ("app.py", {}, "vega_lite_chart"),  # the puzzle, the default page, through the entry point
-    ("pages/flow.py", {"flow.cells": "<script>", "flow.T": "99999999999999999999", "flow.scale": "nan,inf"},
+    ("app_pages/flow.py", {"flow.cells": "<script>", "flow.T": "99999999999999999999", "flow.scale": "nan,inf"},
      "vega_lite_chart"),
-    ("pages/graph.py", {}, "graphviz_chart"),
-    ("pages/devices.py", {}, "vega_lite_chart"),
+    ("app_pages/graph.py", {}, "graphviz_chart"),
+    ("app_pages/devices.py", {}, "vega_lite_chart"),
 ])
 def test_bad_query_on_every_page(page: str, extra: dict, check: str) -> None:
     at = open_with(page, ALL_AT_ONCE | extra, timeout=90)
@@ -111,6 +111,6 @@ def test_bad_query_on_every_page(page: str, extra: dict, check: str) -> None:
     assert not at.error, [e.value for e in at.error]
     assert at.session_state["gx_config"] == DEFAULT.replace(seed=2)
     assert at.get(check)
-    if page == "pages/flow.py":
+    if page == "app_pages/flow.py":
         assert at.multiselect(key="flow.cells").value == ["gru", "lstm", "rnn_tanh", "rnn_relu"]
         assert at.multiselect(key="flow.T").value == [DEFAULT.seq_len]

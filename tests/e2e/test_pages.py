@@ -31,7 +31,7 @@ def assert_navigation(tab, current) -> None:
     titles = [p.title for p in PAGES]
     assert len(texts) == len(titles) and all(t.endswith(title) for t, title in zip(texts, titles, strict=True)), (
         f"the navigation shows {texts}, not app.py's pages {titles}: app.py's st.navigation did not run "
-        "(a pages/ folder next to app.py puts a fresh server's first sessions in Streamlit's legacy mode)")
+        "(a folder named pages/ next to app.py would put a fresh server's first sessions in Streamlit's legacy mode)")
     active = tab.locator('[data-testid="stSidebarNavLink"][aria-current="page"]')
     expect(active).to_have_count(1)
     expect(active).to_contain_text(current.title)
@@ -60,9 +60,10 @@ def test_navigation_by_clicking(page, base_url):
 def test_first_session_on_a_fresh_server_may_deep_link(browser):
     """The very first visitor of a fresh server (e.g. a woken-up Cloud app) opens a shared /explorer link.
 
-    Streamlit runs a `pages/` folder next to app.py in its legacy multipage mode until app.py has called
+    Streamlit runs a folder named `pages/` next to app.py in its legacy multipage mode until app.py has called
     st.navigation once; a deep link as the first session then never runs app.py (no page config, file names in
-    the navigation). A fresh server, not the shared one, makes this test independent of test order.
+    the navigation). That is why our pages live in `app_pages/`. A fresh server, not the shared one, makes this
+    test independent of test order.
     """
     from gru_explainer.screenshots import new_context
 

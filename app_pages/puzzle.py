@@ -143,11 +143,11 @@ with st.expander("The verdict for SecondModel, computed from its numbers"):
 
 st.subheader("Explore further")
 for path, label, icon in [
-    ("pages/explorer.py", "Gradient explorer: any cell, target, device; heatmaps and a reproduce snippet",
+    ("app_pages/explorer.py", "Gradient explorer: any cell, target, device; heatmaps and a reproduce snippet",
      ":material/insights:"),
-    ("pages/flow.py", "Gradient flow through time: decay and growth with distance", ":material/trending_down:"),
-    ("pages/graph.py", "Autograd graph: the two paths, drawn", ":material/account_tree:"),
-    ("pages/devices.py", "Devices & engines: fused vs unrolled, CPU vs GPU", ":material/memory:"),
+    ("app_pages/flow.py", "Gradient flow through time: decay and growth with distance", ":material/trending_down:"),
+    ("app_pages/graph.py", "Autograd graph: the two paths, drawn", ":material/account_tree:"),
+    ("app_pages/devices.py", "Devices & engines: fused vs unrolled, CPU vs GPU", ":material/memory:"),
 ]:
     with contextlib.suppress(Exception):  # a page not (yet) in this app's navigation gets no link
         st.page_link(path, label=label, icon=icon)
