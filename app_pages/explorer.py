@@ -11,7 +11,6 @@ from gru_explainer import TargetError
 from gru_explainer.explain import compile_target
 from gru_explainer.report import DIRECTIONS
 from gru_explainer.snippet import reproduce_snippet
-from gru_explainer.urlstate import target_text_problem
 
 PRESETS = {
     "last step: y[:, -1].sum()": lambda k: "y[:, -1].sum()",
@@ -81,10 +80,6 @@ k_col.number_input("step k", -cfg.seq_len, cfg.seq_len - 1, key="gx_target_k", o
 text_col.text_input("Target (scalar to differentiate)", key="gx_target", on_change=_on_text,
                     help="Names y (or output), h_n, c_n (LSTM), out (head); subscripts, + - * / **, and "
                          ".sum() .mean() .abs() .pow(k) .square() .norm(). Must reduce to a scalar.")
-problem = target_text_problem(text)  # no comments: they could carry any text into the verdict and the URL
-if problem:
-    st.error(ui.md_escape(problem), icon=":material/error:")
-    st.stop()
 try:
     compile_target(cfg.replace(target=text))
 except TargetError as err:

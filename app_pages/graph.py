@@ -8,7 +8,6 @@ import ui
 from gru_explainer import ConfigError, ExplainConfig, TargetError
 from gru_explainer.explain import compile_target
 from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS
-from gru_explainer.urlstate import target_text_problem
 
 FALLBACK_TARGET = "y[:, -1].sum()"
 LAYOUTS = {"TB": "top to bottom", "LR": "left to right"}
@@ -47,10 +46,6 @@ if "graph_target" not in st.session_state or st.session_state.get("graph_target_
 target = st.text_input("Target", key="graph_target",
                        help="Same language as the explorer: y, h_n, c_n (LSTM), out (head), subscripts, "
                             "+ - * / **, .sum() .mean() .abs() .pow(k) .square() .norm().")
-problem = target_text_problem(target)  # as on the explorer: no comments, no control characters
-if problem:
-    st.error(ui.md_escape(problem), icon=":material/error:")
-    st.stop()
 tiny = tiny.replace(target=target)
 
 try:

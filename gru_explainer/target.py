@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import EllipsisType
@@ -150,6 +151,10 @@ def parse_target(text: str) -> Target:
         raise TargetError(f"the target must be a string such as {_EXAMPLE!r}, got {type(text).__name__}")
     if len(text) > MAX_TARGET_CHARS:
         raise TargetError(f"the target is {len(text)} characters long; at most {MAX_TARGET_CHARS} are allowed")
+    if "#" in text:  # the parser would skip a comment, which could carry any text into a verdict or a shared URL
+        raise TargetError("a target has no comments: remove the # and what follows it")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in text):
+        raise TargetError("a target is one line of text without control or invisible format characters")
     source = text.strip()
     if not source:
         raise TargetError(f"the target is empty; write an expression such as {_EXAMPLE!r}")

@@ -132,24 +132,8 @@ def _check_alone(name: str, value: Any, limits: Limits) -> None:
     if name == "target":
         if not value.strip():
             raise ConfigError("target must not be empty")
-        problem = target_text_problem(value)
-        if problem:
-            raise ConfigError(problem)
-        return  # checked against the final config in _fix_target
+        return  # parsed (comments and control characters refused) against the final config in _fix_target
     DEFAULT.replace(**{name: value}).validate(limits)
-
-
-def target_text_problem(text: str) -> str | None:
-    """Why the app will not take `text` as a target (None when it will): a comment or a control character.
-
-    The core's parser skips comments, so a comment could carry any text, e.g. a Markdown link, into the verdict
-    (which quotes the target) and into a link someone shares. A target never needs one.
-    """
-    if "#" in text:
-        return "a target has no comments: remove the # and what follows it"
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return "a target is one line of text without control characters"
-    return None
 
 
 def _fix_combinations(cfg: ExplainConfig, limits: Limits, notices: list[str]) -> ExplainConfig:
@@ -194,4 +178,4 @@ def _show(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-__all__ = ["config_from_query", "config_to_query", "target_text_problem"]
+__all__ = ["config_from_query", "config_to_query"]

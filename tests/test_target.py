@@ -111,9 +111,9 @@ def test_evaluate_is_differentiable() -> None:
 
 
 def test_names_are_canonical_and_text_is_kept() -> None:
-    target = parse_target("  output[:, -1].sum() + h_n.mean() + y.sum()\n")
+    target = parse_target("  output[:, -1].sum() + h_n.mean() + y.sum() ")
     assert target.names == frozenset({"y", "h_n"})
-    assert target.text == "  output[:, -1].sum() + h_n.mean() + y.sum()\n"
+    assert target.text == "  output[:, -1].sum() + h_n.mean() + y.sum() "
     assert set(TARGET_NAMES) == {"y", "h_n", "c_n", "out"}
     assert isinstance(target, Target)
 
@@ -271,7 +271,10 @@ BAD_INPUTS = [
     ("y[:, ::0].sum()", "the slice step must be positive"),
     ("y[..., ...].sum()", "at most one '...'"),
     ("", "the target is empty"),
-    ("   \n ", "the target is empty"),
+    ("   ", "the target is empty"),
+    ("   \n ", "without control"),
+    ("y.sum() # [Click](https://example.org)", "a target has no comments"),
+    ("y.sum()\u200b", "invisible format characters"),
     ("y" * 600, "600 characters long; at most 500"),
     ("(" * 200 + "y" + ")" * 200, "200 levels deep"),
     ("-" * 100 + "y.sum()", "nested too deeply"),
@@ -293,8 +296,8 @@ BAD_INPUTS = [
     ("print(1)", "calling 'print' is not allowed"),
     ("y.sum()()", "calling 'y.sum()' is not allowed"),
     ("[x for x in y]", "a comprehension is not allowed"),
-    ("y\x00", "cannot contain null bytes"),
-    ("y\n.sum()", "syntax error at line 2"),
+    ("y\x00", "without control"),
+    ("y\n.sum()", "without control"),
 ]
 
 
