@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import ENGINES, ExplainConfig, available_devices, resolve_device
-from .errors import ConfigError
+from .config import ENGINES, ExplainConfig, Limits, available_devices, resolve_device
+from .errors import ConfigError, DeviceError
 from .explain import explain
 from .models import build
 from .report import GradientReport
@@ -136,7 +136,15 @@ def compare(
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     base = cfg.replace(device="cpu")
-    base.validate()
+    limits = Limits.from_env()
+    base.validate(limits)
+    states = base.batch_size * base.seq_len * base.num_layers * base.num_directions * base.hidden_size
+    budget = limits.max_state_elements // 2  # every engine on every device, plus the reference, in one process
+    if states > budget:
+        raise ConfigError(
+            f"the comparison runs every engine on every device several times, so it takes at most {budget:,} "
+            "state elements (batch_size × seq_len × num_layers × directions × hidden_size); "
+            f"this config has {states:,}: reduce one of them")
     names = distinct_devices(devices)
     reference = explain(base, engine="twin")
     scales = {name: _finite_max(getattr(reference, name)) for name in COMPARED}
@@ -177,10 +185,16 @@ def fused_graph_census(cfg: ExplainConfig, devices: list[str] | None = None) -> 
         raise ConfigError("cell 'answer_gru' is the seed answer's hand-written GRU: it has no fused kernel")
     rows = []
     for name in distinct_devices(devices):
-        built = build(base, torch.device(name))
-        x = built.inputs.detach().requires_grad_()
-        with torch.enable_grad():
-            y, _ = built.module(x)
+        try:
+            built = build(base, torch.device(name))
+            x = built.inputs.detach().requires_grad_()
+            with torch.enable_grad():
+                y, _ = built.module(x)
+        except RuntimeError as err:  # out of memory, driver fault: the same error explain() gives, CPU named
+            if name == "cpu":
+                raise
+            raise DeviceError(f"the fused module failed on device {name!r} ({type(err).__name__}); choose device "
+                              "'cpu' to run it on the CPU instead") from err
         seen: dict[int, object] = {}
         stack = [y.grad_fn]
         while stack:

@@ -154,3 +154,29 @@ def test_difference_and_timing_charts() -> None:
     for chart in (difference_chart(table), timing_chart(table)):
         spec = chart.to_dict()
         assert spec["title"]["text"]
+
+
+def test_compare_caps_its_work_below_the_state_limit() -> None:
+    from gru_explainer import Limits
+
+    budget = Limits().max_state_elements // 2
+    big = ExplainConfig(num_layers=1, hidden_size=256, batch_size=budget // (256 * 256) + 1, seq_len=256)
+    big.validate()  # allowed for explain() ...
+    with pytest.raises(ConfigError, match="the comparison runs every engine on every device several times"):
+        compare(big)  # ... but not for the comparison
+
+
+def test_census_reports_a_failing_accelerator_as_a_device_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from gru_explainer import DeviceError
+
+    compare_module = importlib.import_module("gru_explainer.compare")
+    monkeypatch.setattr(compare_module, "distinct_devices", lambda devices=None: ["cuda:0"])
+
+    def broken_build(cfg, device):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(compare_module, "build", broken_build)
+    with pytest.raises(DeviceError, match="choose device 'cpu'"):
+        compare_module.fused_graph_census(ExplainConfig())
