@@ -38,6 +38,7 @@ class GradientReport:
     cell_grad: Tensor | None  # total d target/d c_t [L, D, B, T, H] for LSTM, else None
     hidden_states: Tensor  # the forward values h_t [L, D, B, T, H] (to spot a forward pass that overflowed)
     grads: dict[str, Tensor]  # ∂target/∂(named tensor) for y, h_n, c_n, out as .retain_grad() gives them
+    # (a tensor the target does not use gets zeros here, where .retain_grad() would leave .grad as None)
     stacked_read: Tensor  # bool [B, T, D*H]: elements of y the target reads (directly or via the head)
     hidden_reached: Tensor  # bool [L, D, B, T, H]: h_t elements with a graph path to the target
     cell_reached: Tensor | None  # bool, same for c_t (LSTM)
