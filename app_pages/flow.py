@@ -167,8 +167,7 @@ runs = len(cells) * len(seq_lens) * len(scales)
 if not seq_lens or not scales:
     st.info("Choose at least one sequence length and one weight scale.", icon=":material/info:")
     st.stop()
-states = len(cells) * len(scales) * sum(seq_lens) * cfg.batch_size * cfg.num_layers * cfg.num_directions \
-    * cfg.hidden_size
+states = len(cells) * len(scales) * sum(cfg.replace(seq_len=t).state_elements for t in seq_lens)
 if runs > MAX_SWEEP_RUNS or states > MAX_SWEEP_STATES:
     st.warning(f"That is {runs} runs over {states:,} state elements; choose at most {MAX_SWEEP_RUNS} runs "
                f"(cells × lengths × scales) and {MAX_SWEEP_STATES:,} elements (fewer or shorter sequences, or a "

@@ -68,7 +68,7 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = ExplainConfig(device="cpu", target="y[:, -1].sum()", **case["config"])
-    states = cfg.batch_size * cfg.seq_len * cfg.num_layers * cfg.num_directions * cfg.hidden_size
+    states = cfg.state_elements
     start = time.perf_counter()
     report = explain(cfg, engine=case["engine"])
     seconds = time.perf_counter() - start

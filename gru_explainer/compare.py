@@ -138,7 +138,7 @@ def compare(
     base = cfg.replace(device="cpu")
     limits = Limits.from_env()
     base.validate(limits)
-    states = base.batch_size * base.seq_len * base.num_layers * base.num_directions * base.hidden_size
+    states = base.state_elements
     budget = limits.max_state_elements // 2  # every engine on every device, plus the reference, in one process
     if states > budget:
         raise ConfigError(

@@ -114,6 +114,11 @@ class ExplainConfig:
         return 2 if self.bidirectional else 1
 
     @property
+    def state_elements(self) -> int:
+        """batch × steps × layers × directions × hidden: the size of every per-state tensor (the size limit)."""
+        return self.batch_size * self.seq_len * self.num_layers * self.num_directions * self.hidden_size
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype named by `dtype`."""
         return torch.float64 if self.dtype == "float64" else torch.float32
@@ -174,7 +179,7 @@ class ExplainConfig:
                 "cell 'answer_gru' (the seed answer's hand-written GRU) has exactly 1 layer and one direction; "
                 f"got num_layers={self.num_layers}, bidirectional={self.bidirectional}"
             )
-        states = self.batch_size * self.seq_len * self.num_layers * self.num_directions * self.hidden_size
+        states = self.state_elements
         if states > limits.max_state_elements:
             raise ConfigError(
                 "batch_size × seq_len × num_layers × directions × hidden_size must be at most "
