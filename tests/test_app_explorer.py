@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, explain
 
+from .vega import chart_data as vega_chart_data
+from .vega import chart_spec
+
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
 
 def chart_data(element) -> tuple[dict, pd.DataFrame]:
-    """The Vega-Lite spec of a chart element and its data (Arrow data sets, or inline values when large)."""
-    spec = json.loads(element.proto.spec)
-    if element.proto.datasets:
-        (dataset,) = element.proto.datasets
-        return spec, pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
-    return spec, pd.DataFrame(spec["data"]["values"])
+    """The Vega-Lite spec of a chart element and its data."""
+    return chart_spec(element), vega_chart_data(element)
 
 
 def run(at: AppTest) -> AppTest:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import ast
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, explain
+
+from .vega import chart_data
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -26,14 +25,6 @@ def run(at: AppTest) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def chart_data(element) -> pd.DataFrame:
-    spec = json.loads(element.proto.spec)
-    if element.proto.datasets:
-        (dataset,) = element.proto.datasets
-        return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
-    return pd.DataFrame(spec["data"]["values"])
 
 
 def test_home_is_the_puzzle_reproduced_live() -> None:

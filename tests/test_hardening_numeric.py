@@ -4,18 +4,18 @@ config the hosted limits allow renders once."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, Limits, explain
 from gru_explainer.urlstate import config_to_query
+
+from .vega import chart_data
 
 EXPLORER = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
@@ -23,15 +23,6 @@ EXPLODING = ExplainConfig(cell="rnn_tanh", hidden_size=128, seq_len=512, batch_s
 """inf/NaN gradients far from the target step (the forward pass stays finite: tanh saturates)."""
 OVERFLOWING = ExplainConfig(cell="rnn_relu", weight_scale=10, hidden_size=64, seq_len=500)
 """The forward pass itself overflows to inf (ReLU does not saturate)."""
-
-
-def chart_rows(element) -> pd.DataFrame:
-    """The data a Vega-Lite chart element carries (Arrow data sets, or inline values past Altair's row limit)."""
-    spec = json.loads(element.proto.spec)
-    if element.proto.datasets:
-        (dataset,) = element.proto.datasets
-        return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
-    return pd.DataFrame(spec["data"]["values"])
 
 
 def open_explorer(cfg: ExplainConfig, timeout: float = 90) -> AppTest:
@@ -71,20 +62,20 @@ def test_exploding_gradients_are_marked_everywhere() -> None:
     at = open_explorer(EXPLODING)
     norms, heatmap, inputs = at.get("vega_lite_chart")
     states = report.frame[report.frame.quantity != "input"].reset_index(drop=True)
-    assert_marked_not_clipped(chart_rows(norms), states)
+    assert_marked_not_clipped(chart_data(norms), states)
     x = report.frame[report.frame.quantity == "input"].reset_index(drop=True)
-    assert_marked_not_clipped(chart_rows(inputs), x)
+    assert_marked_not_clipped(chart_data(inputs), x)
     text = verdict_text(at)
     assert "**Non-finite**" in text and "Nothing was clipped" in text and "overflowed" not in text
     (table,) = at.dataframe  # the numbers as shown: inf / NaN kept
     assert not np.isfinite(table.value["norm"].to_numpy(float)).all()
     # The heatmap of the layer that exploded (layer 0 here) marks its inf/NaN cells (binned over time: 512 steps).
     (layer,) = report.frame[report.frame.nonfinite & (report.frame.quantity == "hidden_state")]["layer"].unique()
-    assert not bool(chart_rows(heatmap)["nonfinite"].any()) or layer == EXPLODING.num_layers - 1
+    assert not bool(chart_data(heatmap)["nonfinite"].any()) or layer == EXPLODING.num_layers - 1
     at.selectbox(key="gx_hm_layer").set_value(int(layer))
     at.run()
     assert not at.exception and not at.error
-    cells = chart_rows(at.get("vega_lite_chart")[1])
+    cells = chart_data(at.get("vega_lite_chart")[1])
     assert bool(cells["nonfinite"].any())
     assert not np.isfinite(cells.loc[cells["nonfinite"].astype(bool), "value"].astype(float)).any()
 
@@ -94,8 +85,8 @@ def test_an_overflowing_forward_pass_is_named_in_the_verdict() -> None:
     assert report.frame["forward_nonfinite"].any() and not math.isfinite(report.target_value)
     at = open_explorer(OVERFLOWING)
     norms, _heatmap, inputs = at.get("vega_lite_chart")
-    assert_marked_not_clipped(chart_rows(norms), report.frame[report.frame.quantity != "input"].reset_index(drop=True))
-    assert_marked_not_clipped(chart_rows(inputs), report.frame[report.frame.quantity == "input"].reset_index(drop=True))
+    assert_marked_not_clipped(chart_data(norms), report.frame[report.frame.quantity != "input"].reset_index(drop=True))
+    assert_marked_not_clipped(chart_data(inputs), report.frame[report.frame.quantity == "input"].reset_index(drop=True))
     text = verdict_text(at)
     assert "**The forward pass overflowed**" in text and "= nan" in text.splitlines()[0]
 
@@ -106,7 +97,7 @@ def test_a_target_that_is_infinite_renders(target: str) -> None:
     at = open_explorer(cfg)
     assert len(at.get("vega_lite_chart")) == 3
     report = explain(cfg)
-    norms = chart_rows(at.get("vega_lite_chart")[0])
+    norms = chart_data(at.get("vega_lite_chart")[0])
     assert_marked_not_clipped(norms, report.frame[report.frame.quantity != "input"].reset_index(drop=True))
 
 
@@ -122,7 +113,7 @@ def test_largest_allowed_config_once() -> None:
     cfg.validate(lim)
     at = open_explorer(cfg, timeout=120)
     norms, heatmap, inputs = at.get("vega_lite_chart")
-    assert len(chart_rows(norms)) == (1 + cfg.num_layers) * 2 * steps  # y (top layer) and h_t of every layer
-    assert len(chart_rows(inputs)) == steps
-    assert len(chart_rows(heatmap)) > 0
+    assert len(chart_data(norms)) == (1 + cfg.num_layers) * 2 * steps  # y (top layer) and h_t of every layer
+    assert len(chart_data(inputs)) == steps
+    assert len(chart_data(heatmap)) > 0
     assert verdict_text(at).startswith("**Target** `out.sum()`")
