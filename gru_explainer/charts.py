@@ -16,6 +16,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from .config import CELL_LABELS
+
 SERIES = {
     "stacked_output": "y.grad (stacked output y)",
     "hidden_state": "dL/dh_t (hidden state, total)",
@@ -286,7 +288,6 @@ def unit_heatmap(unit_frame: pd.DataFrame) -> alt.FacetChart:
 # Pages 3 (gradient flow through time) and 5 (devices & engines). Inputs are the DataFrames of
 # `gru_explainer.flow` (decay_profile / sweep, decay_rates) and `gru_explainer.compare.compare`.
 
-CELL_LABELS = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN tanh", "rnn_relu": "RNN relu", "answer_gru": "answer GRU"}
 CELL_COLORS = {"gru": "#4c78a8", "lstm": "#54a24b", "rnn_tanh": "#f58518", "rnn_relu": "#e45756",
                "answer_gru": "#b279a2"}
 ENGINE_COLORS = {"fused": "#4c78a8", "twin": "#f58518"}

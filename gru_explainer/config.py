@@ -20,6 +20,8 @@ from .errors import ConfigError
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
 """Recurrent cells. "answer_gru" is the seed answer's hand-written GRU (one layer, its own Linear layers)."""
+CELL_LABELS = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN tanh", "rnn_relu": "RNN relu", "answer_gru": "answer GRU"}
+"""Short labels of the cells for charts, tables and messages."""
 HEADS = ("none", "linear")
 DTYPES = ("float32", "float64")
 ENGINES = ("fused", "twin")
@@ -210,6 +212,7 @@ def _int_in(name: str, value: Any, low: int, high: int) -> None:
 
 __all__ = [
     "CELLS",
+    "CELL_LABELS",
     "DTYPES",
     "ENGINES",
     "HEADS",

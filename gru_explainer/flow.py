@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import ExplainConfig
+from .config import CELL_LABELS, ExplainConfig
 from .errors import ConfigError, TargetError
 from .explain import explain
 from .report import DIRECTIONS, GradientReport
@@ -37,8 +37,7 @@ Progress = Callable[[float, str], None]
 
 def cell_label(cell: str) -> str:
     """A short human label for a cell name ("rnn_tanh" -> "RNN tanh")."""
-    return {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN tanh", "rnn_relu": "RNN relu",
-            "answer_gru": "answer GRU"}.get(cell, cell)
+    return CELL_LABELS.get(cell, cell)
 
 
 def decay_profile(report: GradientReport) -> pd.DataFrame:
