@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -19,6 +20,10 @@ from .errors import ConfigError, TargetError
 
 DEFAULT = ExplainConfig()
 LIMIT_MODES = ("hosted", "local")
+MAX_SCALE = 8.0
+"""The largest --scale (PNG pixel scale) accepted."""
+_HEATMAP = (("heatmap_layer", "num_layers"), ("heatmap_direction", "num_directions"), ("heatmap_batch", "batch_size"))
+"""Heatmap option -> the config size it indexes."""
 
 # field -> (option type, help text without the default); choices come from config.py.
 _FIELD_HELP: dict[str, str] = {
@@ -52,6 +57,39 @@ def _limit_text(name: str, limits: Limits) -> str:
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _scale(text: str) -> float:
+    """argparse type of --scale: a finite number > 0 and <= MAX_SCALE."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_SCALE):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 and <= {MAX_SCALE:g} (the PNG pixel scale), "
+                                         f"got {text!r}")
+    return value
+
+
+def _index(text: str) -> int:
+    """argparse type of the heatmap options: an integer >= 0 (the upper bound depends on the config)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _heatmap_error(args: argparse.Namespace, cfg: ExplainConfig) -> str | None:
+    """The message for a heatmap option outside this (valid) config's sizes, naming the option; None when fine."""
+    for name, size_name in _HEATMAP:
+        value, size = getattr(args, name), int(getattr(cfg, size_name))
+        if not 0 <= value < size:
+            return (f"argument {_option(name)}: must be between 0 and {size - 1} because this config has "
+                    f"{size_name} = {size}, got {value}")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,15 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
                 f"{text}{extra}. Default: {default}"
         group.add_argument(_option(name), **kwargs)
     out = sub.add_argument_group("output")
-    out.add_argument("--scale", type=float, default=2.0, metavar="X",
-                     help="PNG pixel scale (> 0, <= 8). Default: %(default)s")
-    out.add_argument("--heatmap-layer", type=int, default=0, metavar="N",
-                     help="layer of the unit heatmap. Default: %(default)s")
-    out.add_argument("--heatmap-direction", type=int, default=0, metavar="N",
+    out.add_argument("--scale", type=_scale, default=2.0, metavar="X",
+                     help=f"PNG pixel scale (> 0, <= {MAX_SCALE:g}). Default: %(default)s")
+    out.add_argument("--heatmap-layer", type=_index, default=0, metavar="N",
+                     help="layer of the unit heatmap (0..num_layers-1). Default: %(default)s")
+    out.add_argument("--heatmap-direction", type=_index, default=0, metavar="N",
                      help="direction of the unit heatmap (0 forward, 1 reverse). Default: %(default)s")
-    out.add_argument("--heatmap-batch", type=int, default=0, metavar="N",
-                     help="batch item of the unit heatmap. Default: %(default)s")
-    out.add_argument("--no-images", action="store_true", help="write CSV, JSON and verdict only (no PNG/SVG)")
+    out.add_argument("--heatmap-batch", type=_index, default=0, metavar="N",
+                     help="batch item of the unit heatmap (0..batch_size-1). Default: %(default)s")
+    out.add_argument("--no-images", action="store_true",
+                     help="write CSV, JSON and verdict only (no PNG/SVG; vl-convert-python is not needed)")
     out.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     return parser
 
@@ -158,6 +197,33 @@ def _option_hint(message: str) -> str:
     return f" (option {_option(found[0])})" if found else ""
 
 
+def _write_without_images(cfg: ExplainConfig, args: argparse.Namespace, limits: Limits | None) -> list[Path]:
+    """Explain `cfg` and write report.csv, report.json and verdict.md only: never imports the chart renderer.
+
+    The same files as `export.write_report(..., images=False)`, whose chart step asks for vl-convert-python even
+    when there is no chart to render.
+    """
+    from .explain import explain
+    from .export import CSV_NAME, JSON_NAME, VERDICT_NAME, ExportError, report_dict
+
+    heatmap = (args.heatmap_layer, args.heatmap_direction, args.heatmap_batch)
+    report = explain(cfg, engine=args.engine, limits=limits)
+    out = Path(args.out)
+    written = [out / CSV_NAME, out / JSON_NAME, out / VERDICT_NAME]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report.frame.to_csv(written[0], index=False, na_rep="NaN")
+        document = report_dict(report)
+        document["heatmap"] = dict(zip(("layer", "direction", "batch"), heatmap, strict=True))
+        document["files"] = [p.name for p in written]
+        written[1].write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                              encoding="utf-8")
+        written[2].write_text(document["verdict"] + "\n", encoding="utf-8")
+    except OSError as err:
+        raise ExportError(f"cannot write to {out}: {err.strerror or err}") from err
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 export failed, 2 bad input)."""
     from .export import ExportError, export_report
@@ -170,9 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = Limits.local() if args.limits == "local" else Limits()
     try:
         cfg = config_from_args(args)
-        paths = export_report(cfg, args.out, engine=args.engine, limits=limits, scale=args.scale,
-                              heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch),
-                              images=not args.no_images)
+        cfg.validate(limits)
+        message = _heatmap_error(args, cfg)
+        if message is not None:
+            explain_parser.error(message)
+        if args.no_images:
+            paths = _write_without_images(cfg, args, limits)
+        else:
+            paths = export_report(cfg, args.out, engine=args.engine, limits=limits, scale=args.scale,
+                                  heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch))
     except TargetError as err:
         explain_parser.error(f"invalid --target: {err}")
     except ConfigError as err:

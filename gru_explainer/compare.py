@@ -37,13 +37,15 @@ ACCELERATOR_TOLERANCES = {"float32": (2e-2, 1e-5), "float64": (1e-9, 1e-12)}
 MAX_REPEATS = 20
 
 WHY_FUSED = """\
-**Why a fused kernel cannot hand you h_t.** `nn.GRU`, `nn.LSTM` and `nn.RNN` run the whole recurrence, every
-step and every layer, inside one library call: cuDNN on NVIDIA GPUs, oneDNN for float32 LSTMs on CPUs, or
-PyTorch's own C++ loop otherwise. The module returns only NEW tensors: `output`, which stacks the top layer's
-states after the loop has run, and `h_n` (`c_n`). The states h_t that each step actually read live in the
-kernel's workspace (the "reserve space" cuDNN keeps for its own backward pass), or, in the C++ loop, as
-intermediate tensors that no Python name reaches. With cuDNN or oneDNN autograd sees one node (such as
-`CudnnRnnBackward0`) whose inputs are x, the initial states and the weights. Either way there is no Python tensor
+**Why a fused kernel cannot hand you h_t.** `nn.GRU`, `nn.LSTM` and `nn.RNN` run the recurrence inside library
+code: cuDNN on NVIDIA GPUs (one call for every step, layer and direction), oneDNN for float32 LSTMs on CPUs (one
+call per layer and direction, every step inside it), or PyTorch's own C++ loop otherwise. The module returns only
+NEW tensors: `output`, which stacks the top layer's states after the loop has run, and `h_n` (`c_n`). The states
+h_t that each step actually read live in the kernel's workspace (the "reserve space" cuDNN keeps for its own
+backward pass), or, in the C++ loop, as intermediate tensors that no Python name reaches. With cuDNN autograd sees
+one `CudnnRnnBackward0` node for the whole recurrence; with oneDNN one `MkldnnRnnLayerBackward0` node per layer and
+direction, whose inputs are that layer's input sequence, its initial states and its weights; in the C++ loop every
+step's operations are autograd nodes, but their outputs have no Python name. Either way there is no Python tensor
 for h_t to call `retain_grad()` on, and `output.grad` can only hold the *partial* derivative ∂L/∂output, which is
 zero wherever the loss does not read `output` directly. The *total* derivative dL/dh_t, including the path
 through every later step, is formed inside the backward pass and thrown away. To see it you need either an
@@ -175,9 +177,9 @@ def compare(
 def fused_graph_census(cfg: ExplainConfig, devices: list[str] | None = None) -> pd.DataFrame:
     """What autograd sees of the FUSED module on each device: the output's grad_fn, node count, opaque RNN nodes.
 
-    Evidence for WHY_FUSED: on CUDA the whole recurrence is one `CudnnRnnBackward0`; on CPU it is oneDNN's
-    `MkldnnRnnLayerBackward0` per layer (float32 LSTM) or PyTorch's C++ loop, whose per-step nodes exist but have
-    no Python tensor to read. Columns: device, output_grad_fn, nodes, rnn_kernel_nodes, kernels.
+    Evidence for WHY_FUSED: on CUDA the whole recurrence is one `CudnnRnnBackward0`; on CPU it is one oneDNN
+    `MkldnnRnnLayerBackward0` per layer and direction (float32 LSTM) or PyTorch's C++ loop, whose per-step nodes
+    exist but have no Python tensor to read. Columns: device, output_grad_fn, nodes, rnn_kernel_nodes, kernels.
     """
     base = cfg.replace(device="cpu", head="none")
     base.validate()

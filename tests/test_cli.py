@@ -203,10 +203,10 @@ def test_config_file_round_trip(exports, tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--preset", "seed-answer-gru", "--num-layers", "2"], "answer_gru"),
     (["--seq-len", "512", "--batch-size", "64"], "state-size limit"),
-    (["--heatmap-layer", "5"], "heatmap_layer"),
+    (["--heatmap-layer", "5"], "--heatmap-layer"),
     (["--device", "tpu9"], "device"),
     (["--target", "c_n.sum()"], "c_n"),
-    (["--scale", "0"], "scale"),
+    (["--scale", "0"], "--scale"),
 ])
 def test_invalid_configs_exit_2_in_process(tmp_path, capsys, argv, needle):
     with pytest.raises(SystemExit) as exc:
@@ -215,6 +215,85 @@ def test_invalid_configs_exit_2_in_process(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert needle in err and "error:" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scale", "0"], "argument --scale: must be a number > 0 and <= 8 (the PNG pixel scale), got '0'"),
+    (["--scale", "8.5"], "argument --scale: must be a number > 0 and <= 8 (the PNG pixel scale), got '8.5'"),
+    (["--scale", "nan"], "argument --scale: must be a number > 0 and <= 8 (the PNG pixel scale), got 'nan'"),
+    (["--scale", "big"], "argument --scale: must be a number > 0 and <= 8 (the PNG pixel scale), got 'big'"),
+    (["--heatmap-batch", "-1"], "argument --heatmap-batch: must be an integer >= 0, got '-1'"),
+    (["--heatmap-layer", "2"],
+     "argument --heatmap-layer: must be between 0 and 1 because this config has num_layers = 2, got 2"),
+    (["--heatmap-direction", "1"],
+     "argument --heatmap-direction: must be between 0 and 0 because this config has num_directions = 1, got 1"),
+    (["--batch-size", "3", "--heatmap-batch", "3"],
+     "argument --heatmap-batch: must be between 0 and 2 because this config has batch_size = 3, got 3"),
+])
+def test_output_options_get_their_own_message(tmp_path, capsys, argv, message):
+    """An output option out of range is named with what it allows: exit 2, one error line, not 'invalid config'."""
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", *argv, "--no-images", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == [f"python -m gru_explainer explain: error: {message}"], err
+    assert "invalid config" not in err
+    assert not (tmp_path / "o").exists()
+
+
+_WITHOUT_VL_CONVERT = """
+import importlib.abc, json, sys
+
+class NoVlConvert(importlib.abc.MetaPathFinder):
+    tried = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "vl_convert":
+            self.tried.append(name)
+            raise ImportError("No module named 'vl_convert' (simulated)")
+        return None
+
+sys.modules.pop("vl_convert", None)
+sys.meta_path.insert(0, NoVlConvert())
+from gru_explainer.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "tried": NoVlConvert.tried}))
+"""
+
+
+def _without_vl_convert(*args: str) -> tuple[dict, subprocess.CompletedProcess[str]]:
+    """Run the CLI in a fresh interpreter where importing vl_convert fails (as if not installed), recording tries."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GRU_EXPLAINER_LIMITS", None)
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_VL_CONVERT, "explain", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]), done
+
+
+def test_no_images_needs_no_vl_convert(exports, tmp_path):
+    """--no-images writes CSV, JSON and verdict without importing vl_convert, the same files as a full export."""
+    out = tmp_path / "text-only"
+    result, done = _without_vl_convert("--no-images", "--out", str(out))
+    assert result == {"code": 0, "tried": []}, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([CSV_NAME, JSON_NAME, VERDICT_NAME])
+    full, _ = exports["default"]
+    text_only = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    with_images = json.loads((full / JSON_NAME).read_text(encoding="utf-8"))
+    assert text_only["files"] == [CSV_NAME, JSON_NAME, VERDICT_NAME]
+    assert {k: v for k, v in text_only.items() if k != "files"} == {k: v for k, v in with_images.items()
+                                                                     if k != "files"}
+    assert (out / CSV_NAME).read_bytes() == (full / CSV_NAME).read_bytes()
+    assert (out / VERDICT_NAME).read_bytes() == (full / VERDICT_NAME).read_bytes()
+
+
+def test_images_without_vl_convert_exit_1_before_writing(tmp_path):
+    out = tmp_path / "images"
+    result, done = _without_vl_convert("--out", str(out))
+    assert result["code"] == 1 and result["tried"], done.stderr
+    assert "export failed: PNG/SVG export needs vl-convert-python" in done.stderr
+    assert not out.exists()
 
 
 def test_unwritable_out_exits_1(tmp_path, capsys):

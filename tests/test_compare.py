@@ -124,20 +124,91 @@ def test_tolerance_depends_on_dtype_and_scale() -> None:
 
 
 def test_fused_graph_census_on_cpu() -> None:
-    lstm = fused_graph_census(SMALL.replace(cell="lstm"), devices=["cpu"])
+    lstm = fused_graph_census(SMALL.replace(cell="lstm", bidirectional=True), devices=["cpu"])
     assert list(lstm.columns) == ["device", "output_grad_fn", "nodes", "rnn_kernel_nodes", "kernels"]
     row = lstm.iloc[0]
-    if torch.backends.mkldnn.is_available():
-        assert row.rnn_kernel_nodes == SMALL.num_layers and "Mkldnn" in row.kernels
+    if torch.backends.mkldnn.is_available():  # one oneDNN node per layer and direction
+        assert row.rnn_kernel_nodes == SMALL.num_layers * 2 and row.kernels == "MkldnnRnnLayerBackward0"
     gru = fused_graph_census(SMALL, devices=["cpu"]).iloc[0]
     assert gru.nodes > 10 and gru.rnn_kernel_nodes == 0
     with pytest.raises(ConfigError, match="no fused kernel"):
         fused_graph_census(ExplainConfig(cell="answer_gru", num_layers=1))
 
 
+def _graph(module: torch.nn.Module, x: torch.Tensor) -> tuple[list[object], dict[int, str]]:
+    """Every autograd node behind the fused module's output, and parameter id -> name."""
+    y, _ = module(x)
+    seen: dict[int, object] = {}
+    stack = [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen[id(fn)] = fn
+        stack.extend(child for child, _ in fn.next_functions)
+    return list(seen.values()), {id(p): n for n, p in module.named_parameters()}
+
+
+def _kernel_weights(nodes: list[object], names: dict[int, str], kind: str) -> list[set[str]]:
+    """For each node of type `kind`: the names of the parameters it reads directly."""
+    return [{names[id(child.variable)] for child, _ in node.next_functions
+             if child is not None and hasattr(child, "variable") and id(child.variable) in names}
+            for node in nodes if type(node).__name__ == kind]
+
+
+def _suffixes(layers: int, directions: int) -> set[str]:
+    return {f"_l{layer}" + ("_reverse" if d else "") for layer in range(layers) for d in range(directions)}
+
+
+def _weights(suffix: str) -> set[str]:
+    return {kind + suffix for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+
+
 def test_why_fused_text() -> None:
     for phrase in ("cuDNN", "retain_grad", "dL/dh_t", "twin", "adjoint"):
         assert phrase in WHY_FUSED
+    text = " ".join(WHY_FUSED.split())
+    assert "one `MkldnnRnnLayerBackward0` node per layer and direction" in text
+    assert "one call per layer and direction" in text and "oneDNN for float32 LSTMs on CPUs" in text
+    assert "in the C++ loop every step's operations are autograd nodes" in text
+    assert "one `CudnnRnnBackward0` node for the whole recurrence" in text
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_why_fused_matches_the_cpu_graph(bidirectional: bool) -> None:
+    """The claims of WHY_FUSED about CPU graphs, counted on the real autograd graph of torch's modules."""
+    layers, steps, directions = 3, 5, 2 if bidirectional else 1
+    torch.manual_seed(0)
+    x = torch.rand(2, steps, 3, requires_grad=True)
+    lstm = torch.nn.LSTM(3, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+    nodes, names = _graph(lstm, x)
+    if torch.backends.mkldnn.is_available():
+        # One oneDNN node per layer AND direction, each reading exactly that layer's and direction's weights.
+        kernels = _kernel_weights(nodes, names, "MkldnnRnnLayerBackward0")
+        assert len(kernels) == layers * directions
+        assert sorted(map(sorted, kernels)) == sorted(sorted(_weights(s)) for s in _suffixes(layers, directions))
+        assert not any("Tanh" in type(node).__name__ for node in nodes)  # no per-step nodes: all inside oneDNN
+    for module in (torch.nn.LSTM(3, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional,
+                                 dtype=torch.float64),
+                   torch.nn.GRU(3, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional),
+                   torch.nn.RNN(3, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional)):
+        dtype = next(module.parameters()).dtype
+        nodes, names = _graph(module, x.detach().to(dtype).requires_grad_())
+        kinds = [type(node).__name__ for node in nodes]
+        assert not any("Rnn" in kind for kind in kinds), kinds  # PyTorch's C++ loop: no fused kernel node
+        # ... but one node per step of every layer and direction (GRU: candidate tanh; LSTM: tanh(g), tanh(c)).
+        per_step = {"GRU": 1, "RNN": 1, "LSTM": 2}[type(module).__name__]
+        assert kinds.count("TanhBackward0") == per_step * steps * layers * directions
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine")
+def test_why_fused_matches_the_cuda_graph() -> None:  # pragma: no cover - needs a GPU
+    x = torch.rand(2, 5, 3, device="cuda", requires_grad=True)
+    for cls in (torch.nn.GRU, torch.nn.LSTM, torch.nn.RNN):
+        module = cls(3, 4, num_layers=3, batch_first=True, bidirectional=True).cuda()
+        nodes, names = _graph(module, x)
+        kernels = _kernel_weights(nodes, names, "CudnnRnnBackward0")
+        assert len(kernels) == 1 and kernels[0] == set().union(*map(_weights, _suffixes(3, 2)))
 
 
 def test_difference_and_timing_charts() -> None:

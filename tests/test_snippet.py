@@ -19,47 +19,105 @@ CONFIGS = {
     "lstm-bidirectional": ExplainConfig(cell="lstm", bidirectional=True, target="y[:, 3].sum()"),
     "rnn-relu": ExplainConfig(cell="rnn_relu", num_layers=3, hidden_size=8, seq_len=7, target="(y ** 2).mean()"),
     "gru-head": ExplainConfig(head="linear", head_size=4, target="out[:, -1].sum() - 0.5 * h_n[0].norm()"),
+    "seed-mymodel": ExplainConfig.preset("seed-mymodel"),
+    "head-and-y": ExplainConfig(cell="lstm", head="linear", seq_len=6, target="out[:, 1].sum() + y[:, 2].sum()"),
+    "h_n-only": ExplainConfig(cell="rnn_tanh", bidirectional=True, seq_len=5, target="h_n[1].sum()"),
     "answer-gru": ExplainConfig.preset("seed-answer-gru"),
     "rnn-tanh-float64-bidir": ExplainConfig(cell="rnn_tanh", bidirectional=True, dtype="float64", seed=7,
                                            weight_scale=2.5, target="y[:, 1:4, ...].abs().sum(1).pow(2).sum()"),
 }
-LINE = re.compile(r"^(ygrad|hgrad|cgrad)((?: \w+=\S+)+)$")
+LINE = re.compile(r"^(ygrad|hgrad|cgrad|xgrad)((?: \w+=\S+)+)$")
+ZERO_LINE = re.compile(r"^y\.grad\[:, t\] is exactly zero at (\d+) of (\d+) steps: t in \[([\d, ]*)\]$")
+QUANTITY = {"ygrad": "stacked_output", "hgrad": "hidden_state", "cgrad": "cell_state", "xgrad": "input"}
+"""Printed line kind -> the report frame's quantity it reproduces."""
 
 
-def _run(code: str) -> dict[tuple, float]:
-    """Run the script in a fresh interpreter (no package on the path) and parse its norm lines."""
+def _run(code: str) -> tuple[dict[tuple, float], list[int], str]:
+    """Run the script in a fresh interpreter (no package on the path): its norm lines, zero steps and stdout."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0, done.stderr
     values: dict[tuple, float] = {}
+    zero_steps: list[int] = []
     for line in done.stdout.splitlines():
         if line.startswith("target = "):
             values[("target",)] = float(line.split("=")[1])
+        if zero := ZERO_LINE.match(line):
+            zero_steps = [int(t) for t in zero.group(3).split(", ") if t]
+            assert int(zero.group(1)) == len(zero_steps)
         match = LINE.match(line)
         if match:
             fields = dict(part.split("=") for part in match.group(2).split())
-            key = (match.group(1), int(fields.get("layer", -1)), fields.get("direction", ""), int(fields["t"]))
+            key = (QUANTITY[match.group(1)], int(fields.get("layer", 0)), fields.get("direction", "n/a"),
+                   int(fields["t"]))
+            assert key not in values, line
             values[key] = float(fields["norm"])
-    return values
+    assert any(ZERO_LINE.match(line) for line in done.stdout.splitlines()), done.stdout
+    return values, zero_steps, done.stdout
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, tuple[dict[tuple, float], list[int], str]]:
+    """Every config's snippet, run once."""
+    return {name: _run(reproduce_snippet(cfg)) for name, cfg in CONFIGS.items()}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_snippet_runs_and_matches_report(name: str) -> None:
+def test_snippet_runs_and_matches_report(runs, name: str) -> None:
+    """Every printed norm is a frame row (y.grad per direction, dL/dh_t, dL/dc_t, dL/dx_t) and vice versa."""
     cfg = CONFIGS[name]
     report = explain(cfg)
-    printed = _run(reproduce_snippet(cfg))
+    printed, _, _ = runs[name]
     frame = report.frame
     tol = dict(rel_tol=1e-4, abs_tol=1e-6) if cfg.dtype == "float32" else dict(rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(printed[("target",)], report.target_value, **tol)
-    for t in range(cfg.seq_len):
-        expected = report.stacked_grad[:, t].double().norm().item()
-        assert math.isclose(printed[("ygrad", -1, "", t)], expected, **tol), t
-    checked = 0
-    for quantity, kind in (("hidden_state", "hgrad"), ("cell_state", "cgrad")):
-        for row in frame[frame.quantity == quantity].itertuples():
-            assert math.isclose(printed[(kind, row.layer, row.direction, row.t)], row.norm, **tol), row
-            checked += 1
-    expected_rows = cfg.num_layers * cfg.num_directions * cfg.seq_len * (2 if cfg.cell == "lstm" else 1)
-    assert checked == expected_rows
+    rows = frame[frame.quantity.isin(list(QUANTITY.values()))]
+    assert {(r.quantity, r.layer, r.direction, r.t) for r in rows.itertuples()} == set(printed) - {("target",)}
+    for row in rows.itertuples():
+        value = printed[(row.quantity, row.layer, row.direction, row.t)]
+        assert math.isclose(value, row.norm, **tol), row
+        assert (value == 0.0) == bool(row.exactly_zero), row
+    lstm = cfg.cell == "lstm"
+    states = cfg.num_layers * cfg.num_directions * cfg.seq_len
+    assert len(rows) == states * (2 if lstm else 1) + cfg.num_directions * cfg.seq_len + cfg.seq_len
+    assert set(rows.quantity) == {"stacked_output", "hidden_state", "input"} | ({"cell_state"} if lstm else set())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_printed_zero_steps_are_the_reports(runs, name: str) -> None:
+    """The script's zero-step line is computed from y.grad: the report's stacked_zero_steps, whatever the target."""
+    assert runs[name][1] == explain(CONFIGS[name]).stacked_zero_steps
+
+
+def test_lstm_bidirectional_prints_each_direction_of_y(runs) -> None:
+    """y[:, 3].sum() puts 1 on each of B·H units per direction: norm sqrt(B·H) per direction, not over both."""
+    cfg = CONFIGS["lstm-bidirectional"]
+    printed, zero_steps, _ = runs["lstm-bidirectional"]
+    per_direction = math.sqrt(cfg.batch_size * cfg.hidden_size)
+    for direction in ("forward", "reverse"):
+        assert printed[("stacked_output", cfg.num_layers - 1, direction, 3)] == pytest.approx(per_direction)
+    assert zero_steps == [t for t in range(cfg.seq_len) if t != 3]
+
+
+@pytest.mark.parametrize(("name", "sentence"), [
+    ("seed-mymodel", "only the head reads it, and only its last step (out = head(y[:, -1]))"),
+    ("gru-head", "only the head reads it, and only its last step (out = head(y[:, -1]))"),
+    ("head-and-y", "the target reads y directly, and through the head, which reads only the last step"),
+    ("gru-2-layers", "only the target reads it, so y.grad[:, t] can be non-zero only at the steps t the target"),
+    ("answer-gru", "only the target reads it, so y.grad[:, t] can be non-zero only at the steps t the target"),
+    ("h_n-only", "the target does not read it (nor the head's output), so y.grad is zero at every step."),
+])
+def test_docstring_says_what_reads_y(runs, name: str, sentence: str) -> None:
+    """The script's docstring names what reads y in this config, and the printed zero steps agree with it."""
+    cfg = CONFIGS[name]
+    code = reproduce_snippet(cfg)
+    docstring = " ".join(ast.get_docstring(ast.parse(code)).split())
+    assert sentence in docstring
+    assert "nothing downstream reads" not in docstring
+    zero_steps = runs[name][1]
+    if "only the head reads it" in sentence:
+        assert set(range(cfg.seq_len - 1)) <= set(zero_steps)
+    if "zero at every step" in sentence:
+        assert zero_steps == list(range(cfg.seq_len))
 
 
 def test_snippet_is_valid_python_importing_only_torch() -> None:
