@@ -1,28 +1,135 @@
-"""The fast engine: the adjoint (backpropagation-through-time) recursion written out, on the fused states.
+"""The fast engine: the adjoint (backpropagation-through-time) recursion written out, on the fused states, rescaled.
 
 The fused forward already returns every state of a layer. From those, each step's local derivatives can be
 recomputed for all t at once (two matmuls), leaving only the adjoint recursion
     dL/dh_{t-1} = direct_{t-1} + (∂h_t/∂h_{t-1})ᵀ dL/dh_t
-sequential: per step a few elementwise ops and one [B, G*H] x [G*H, H] matmul. Everything here is time-major
-([T, B, ...]) in *processing order* (reversed time for the reverse direction); callers convert.
+sequential: per step a few elementwise ops and one [B, G*H] x [G*H, H] matmul.
+
+Rescaled: every carry is held as mantissa × 2**exponent, one integer exponent per (step, batch item), and the
+mantissa row is renormalised to a largest |value| in [0.5, 1) after each step (a multiplication by a power of two:
+exact). So no intermediate underflows or becomes denormal, whatever the caller's flush-denormal flag (denormal
+arithmetic is several times slower on many CPUs), and the TRUE magnitude is known even far below or above what the
+dtype can hold. `Scaled.value()` then rounds to the dtype once, as autograd would have held it.
+
+Everything here is time-major ([T, B, ...]) in *processing order* (reversed time for the reverse direction);
+callers convert.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn.functional import linear
 
+ZERO_ROW = -(2 ** 30)
+"""The exponent of an all-zero mantissa row: below every real exponent, so adding it never shifts anything away."""
+LOG10_2 = math.log10(2.0)
+
+
+def _drop_below(dtype: torch.dtype) -> int:
+    """Relative shifts below -this are dropped when adding (the smaller term is < 2**-this of the larger one)."""
+    return 960 if dtype == torch.float64 else 100
+
+
+@dataclass
+class Scaled:
+    """A tensor held as mantissa · 2**exponent, one exponent per row (the row is the last axis).
+
+    mantissa [..., K] in the compute dtype, each row's largest |value| below 2 (all-zero rows have exponent
+    ZERO_ROW); exponent [...] int32. Non-finite values stay in the mantissa (inf/NaN propagate as in autograd).
+    """
+
+    mantissa: Tensor
+    exponent: Tensor
+
+    @classmethod
+    def of(cls, values: Tensor) -> Scaled:
+        """Exact rescaling of an ordinary tensor (exponent 0 to start with)."""
+        return normalize(values, torch.zeros(values.shape[:-1], dtype=torch.int32, device=values.device))
+
+    def value(self) -> Tensor:
+        """The values as the dtype holds them: rounded once; 0 (or denormal) below its range, ±inf above."""
+        m, e = self.mantissa, self.exponent
+        if m.numel() == 0:
+            return m.clone()
+        info = torch.finfo(m.dtype)
+        low, high = int(math.log2(info.tiny) + math.log2(info.eps)) - 2, int(math.log2(info.max)) + 1
+        factor = torch.exp2(e.clamp(low, high).to(m.dtype)).unsqueeze(-1)  # exact powers of two (0 / inf at ends)
+        out = m * factor
+        if int(e.max()) >= high:  # 0 * inf would be NaN where the true value is an exact 0
+            out = torch.where(m == 0, torch.zeros_like(out), out)
+        return out
+
+    def log10_abs(self) -> Tensor:
+        """log10 |true value| per element, in float64 (-inf for exact zeros, NaN where the value is NaN)."""
+        m = self.mantissa.double()
+        return torch.log10(m.abs()) + self.exponent.double().unsqueeze(-1) * LOG10_2
+
+    def log10_row_norm(self) -> Tensor:
+        """log10 of each row's true L2 norm, in float64 ([...]; -inf for all-zero rows)."""
+        norm = torch.linalg.vector_norm(self.mantissa, dim=-1)  # mantissas are small: no overflow in the dtype
+        return torch.log10(norm.double()) + self.exponent.double() * LOG10_2
+
+    def flip(self, dim: int = 0) -> Scaled:
+        """Reverse one of the row axes (time, for the reverse direction)."""
+        return Scaled(self.mantissa.flip(dim), self.exponent.flip(dim))
+
+    def transpose(self, dim0: int, dim1: int) -> Scaled:
+        """Swap two row axes (e.g. time-major <-> batch-first)."""
+        return Scaled(self.mantissa.transpose(dim0, dim1), self.exponent.transpose(dim0, dim1))
+
+
+def row_max_abs(values: Tensor) -> Tensor:
+    """max |value| over the last axis (0 for empty rows), in one pass."""
+    if values.shape[-1] == 0:
+        return values.new_zeros(values.shape[:-1])
+    return torch.maximum(values.amax(dim=-1), -values.amin(dim=-1))  # (several times faster than abs().amax())
+
+
+def normalize(mantissa: Tensor, exponent: Tensor) -> Scaled:
+    """Rescale each row so its largest |value| lies in [0.5, 1); all-zero rows get exponent ZERO_ROW."""
+    row_max = row_max_abs(mantissa)
+    shift = torch.frexp(row_max).exponent  # 0 for zero, inf and NaN rows
+    if shift.numel() and int(shift.abs().max()) > 120:  # two factors, so neither is denormal or infinite
+        half = shift // 2
+        mantissa = mantissa * torch.exp2(-half.to(mantissa.dtype)).unsqueeze(-1)
+        mantissa = mantissa * torch.exp2((half - shift).to(mantissa.dtype)).unsqueeze(-1)
+    else:
+        mantissa = mantissa * torch.exp2(-shift.to(mantissa.dtype)).unsqueeze(-1)
+    return Scaled(mantissa, torch.where(row_max == 0, ZERO_ROW, exponent + shift))
+
+
+def _power(shift: Tensor, dtype: torch.dtype) -> Tensor:
+    """2**shift for integer shifts <= 0, as a [..., 1] factor; exactly 0 below the drop threshold."""
+    drop = _drop_below(dtype)
+    factor = torch.exp2(shift.clamp(min=-drop).to(dtype))
+    return torch.where(shift < -drop, torch.zeros_like(factor), factor).unsqueeze(-1)
+
+
+def add_scaled(a_m: Tensor, a_e: Tensor, b_m: Tensor, b_e: Tensor) -> tuple[Tensor, Tensor]:
+    """a + b for two rescaled tensors (rows aligned): (mantissa, exponent) on the larger exponent of each row."""
+    a_e = torch.where(row_max_abs(a_m) == 0, ZERO_ROW, a_e)  # a stale exponent of a zero row must not win
+    b_e = torch.where(row_max_abs(b_m) == 0, ZERO_ROW, b_e)
+    e = torch.maximum(a_e, b_e)
+    return a_m * _power(a_e - e, a_m.dtype) + b_m * _power(b_e - e, b_m.dtype), e
+
+
+def add(a: Scaled, b: Scaled) -> Scaled:
+    """a + b, renormalised."""
+    m, e = add_scaled(a.mantissa, a.exponent, b.mantissa, b.exponent)
+    return normalize(m, e)
+
 
 @dataclass
 class LayerAdjoint:
-    """Total derivatives for one layer and direction, time-major in processing order."""
+    """Total derivatives for one layer and direction, time-major in processing order, rescaled."""
 
-    hidden_grad: Tensor  # [T, B, H]: dL/dh_t
-    cell_grad: Tensor | None  # [T, B, H]: dL/dc_t (LSTM)
-    input_grad: Tensor  # [T, B, I]: dL/d(layer input)_t through this direction
+    hidden_grad: Scaled  # [T, B, H]: dL/dh_t
+    cell_grad: Scaled | None  # [T, B, H]: dL/dc_t (LSTM); shares hidden_grad's exponents
+    input_grad: Scaled  # [T, B, I]: dL/d(layer input)_t through this direction (mantissas not renormalised)
 
 
 def _shift(states: Tensor) -> Tensor:
@@ -30,40 +137,94 @@ def _shift(states: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(states[:1]), states[:-1]], dim=0)
 
 
+def _renormalize(c: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    """The loop's rescale: c · 2**-k with k the exponent of each row's maximum; e + k."""
+    k = torch.frexp(row_max_abs(c)).exponent
+    return torch.ldexp(c, -k.unsqueeze(1)), e + k
+
+
+RENORM_EVERY = 8
+"""At most this many steps between renormalisations of the carry (fewer ops per step)."""
+MAX_GROWTH_LOG2 = 50
+"""Renormalise before the carry could have grown by 2**this since the last time (float32 holds 2**127)."""
+
+
+def renorm_interval(gain: float) -> int:
+    """Steps between renormalisations when one step multiplies the carry's largest |value| by at most `gain`."""
+    if not math.isfinite(gain):
+        return 1
+    return max(1, min(RENORM_EVERY, int(MAX_GROWTH_LOG2 // max(math.log2(max(gain, 1.0)), 1.0))))
+
+
+def _lost_precision(mantissa: Tensor) -> bool:
+    """Did a carry shrink so far between renormalisations that float precision (or a whole row) may be lost?"""
+    row_max = row_max_abs(mantissa)  # [T, B] in processing order; the loop ran from T-1 down to 0
+    tiny = 2.0 ** -(_drop_below(mantissa.dtype) // 2)
+    before = torch.cat([row_max[1:], torch.ones_like(row_max[:1])])  # the row processed just before
+    vanished = (row_max == 0) & (before > 0) & (before < 2.0 ** -20)
+    return bool(((row_max > 0) & (row_max < tiny)).any() or vanished.any())
+
+
+def _recurse(step, start: Scaled, direct: Scaled, every: int) -> tuple[list, list[Tensor]]:
+    """The sequential part: for s = T-1 .. 0, v_s = direct_s + carry; store what `step` returns; carry = step's.
+
+    step(s, v) -> (stored, carry mantissa); the carry keeps v's exponent, renormalised every `every` steps.
+    """
+    steps = direct.mantissa.shape[0]
+    active = (direct.exponent != ZERO_ROW).any(dim=1).tolist()  # steps where something is read directly
+    plan = [(steps - 1 - s) % every == every - 1 for s in range(steps)]
+    direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
+    m, e = start.mantissa, start.exponent
+    stored, exps = [], []
+    for s in range(steps - 1, -1, -1):
+        if active[s]:
+            m, e = add_scaled(m, e, direct_m[s], direct_e[s])
+        keep, m = step(s, m)
+        stored.append(keep)
+        exps.append(e)
+        if plan[s]:
+            m, e = _renormalize(m, e)
+    return stored[::-1], exps[::-1]
+
+
 def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tensor, Tensor, Tensor, Tensor],
-                  direct_h: Tensor, final_h: Tensor, final_c: Tensor | None) -> LayerAdjoint:
-    """Run the adjoint recursion for one layer and direction.
+                  direct_h: Scaled, final_c: Tensor | None, every: int | None = None) -> LayerAdjoint:
+    """Run the rescaled adjoint recursion for one layer and direction.
 
     inputs [T, B, I] and states [T, B, H] are the layer's input and its fused states in processing order;
-    direct_h [T, B, H] is what the target (or the layer above) reads from h_t directly; final_h / final_c
-    [B, H] are the target's direct derivatives w.r.t. h_n / c_n (the last processed state).
+    direct_h [T, B, H] is what the target (or the layer above) reads from h_t directly, h_n included (at the last
+    processed step); final_c [B, H] is the target's direct derivative w.r.t. c_n (LSTM). The carry is renormalised
+    every `every` steps (default: as often as a bound on one step's growth, from the weights, requires, at most
+    every RENORM_EVERY steps); if it shrank too far in between, the pass reruns renormalising after every step.
     """
     w_ih, w_hh, b_ih, b_hh = params
     seq_len, batch, hidden = states.shape
     prev = _shift(states)
     gi = linear(inputs, w_ih, b_ih)  # all input projections in one matmul
     gh = linear(prev, w_hh, b_hh)  # all recurrent projections in one matmul (states are known)
+    w_sum = float(w_hh.abs().sum(dim=0).max())  # bounds |(u @ w_hh)_j| / max|u|
+    zeros = states.new_zeros(batch, hidden)
+
     if kind == "gru":
         gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
         gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(gi_r + gh_r)
-        z = torch.sigmoid(gi_z + gh_z)
-        n = torch.tanh(gi_n + r * gh_n)
+        r = torch.sigmoid(gi_r + gh_r)  # reset gate
+        z = torch.sigmoid(gi_z + gh_z)  # update gate: ∂h/∂h_prev directly
+        n = torch.tanh(gi_n + r * gh_n)  # candidate
         a_n = (1 - z) * (1 - n * n)  # ∂h/∂(n pre-activation)
         c_r = a_n * gh_n * r * (1 - r)  # ∂h/∂(r pre-activation)
         c_z = (prev - n) * z * (1 - z)  # ∂h/∂(z pre-activation)
         coef_hh = torch.stack([c_r, c_z, a_n * r], dim=2)  # ∂h/∂gh, per gate block: [T, B, 3, H]
-        carry = final_h.clone()
-        grads = []
-        for s in range(seq_len - 1, -1, -1):
-            v = direct_h[s] + carry
-            grads.append(v)
-            carry = torch.addmm(v * z[s], (v.unsqueeze(1) * coef_hh[s]).view(batch, 3 * hidden), w_hh)
-        hidden_grad = torch.stack(grads[::-1])
-        coef_ih = torch.stack([c_r, c_z, a_n], dim=2)
-        d_gi = (hidden_grad.unsqueeze(2) * coef_ih).view(seq_len, batch, 3 * hidden)
-        return LayerAdjoint(hidden_grad, None, d_gi @ w_ih)
-    if kind == "lstm":
+        # |z| <= 1, |c_z| <= 1/2, |a_n r| <= 1, |c_r| <= |gh_n| / 4 <= (max row sum of |W_hn| + max |b_hn|) / 4
+        w_hn, b_hn = w_hh[2 * hidden:], (b_hh[2 * hidden:] if b_hh is not None else w_hh.new_zeros(1))
+        gain = 1 + w_sum * max(1.0, (float(w_hn.abs().sum(dim=1).max()) + float(b_hn.abs().max())) / 4)
+        z_s, coef_s = z.unbind(0), coef_hh.unbind(0)
+
+        def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
+            return v, torch.addmm(v * z_s[s], (v.unsqueeze(1) * coef_s[s]).view(batch, 3 * hidden), w_hh)
+
+        start = Scaled.of(zeros)
+    elif kind == "lstm":
         i, f, g, o = (gi + gh).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         # The fused module returns h_t only; recompute c_t = f*c_{t-1} + i*g (elementwise, cheap).
@@ -76,27 +237,176 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         tc = torch.tanh(cell)
         h_to_c = o * (1 - tc * tc)  # ∂h_t/∂c_t
         coef = torch.stack([g * i * (1 - i), _shift(cell) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=2)
-        carry_h = final_h.clone()
-        carry_c = final_c.clone() if final_c is not None else torch.zeros_like(carry_h)
-        h_grads, c_grads = [], []
-        for s in range(seq_len - 1, -1, -1):
-            vh = direct_h[s] + carry_h
-            vc = torch.addcmul(carry_c, vh, h_to_c[s])
-            h_grads.append(vh)
-            c_grads.append(vc)
-            d_gates = (torch.stack((vc, vc, vc, vh), dim=1) * coef[s]).view(batch, 4 * hidden)
-            carry_h = d_gates @ w_hh
-            carry_c = vc * f[s]
-        hidden_grad, cell_grad = torch.stack(h_grads[::-1]), torch.stack(c_grads[::-1])
-        d_gi = (torch.stack((cell_grad, cell_grad, cell_grad, hidden_grad), dim=2) * coef)
-        return LayerAdjoint(hidden_grad, cell_grad, d_gi.view(seq_len, batch, 4 * hidden) @ w_ih)
-    # Elman RNN: h = act(gi + gh); act' from the state itself.
-    slope = (1 - states * states) if kind == "rnn_tanh" else (states > 0).to(states.dtype)
-    carry = final_h.clone()
-    grads = []
-    for s in range(seq_len - 1, -1, -1):
-        v = direct_h[s] + carry
-        grads.append(v)
-        carry = (v * slope[s]) @ w_hh
-    hidden_grad = torch.stack(grads[::-1])
-    return LayerAdjoint(hidden_grad, None, (hidden_grad * slope) @ w_ih)
+        # |h_to_c| <= 1; gate coefficients <= 1 except c_{t-1} f (1 - f) <= max |c| / 4
+        gain = 2 * (1 + w_sum * max(1.0, float(row_max_abs(cell.flatten())) / 4)) + 1
+        h_to_c_s, coef_s, f_s = h_to_c.unbind(0), coef.unbind(0), f.unbind(0)
+
+        def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:  # v = [dL/dh_t | carried dL/dc_t]: one exponent
+            v_h, v_c = v[:, :hidden], v[:, hidden:]
+            v_c = torch.addcmul(v_c, v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
+            d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef_s[s]).view(batch, 4 * hidden)
+            return (v_h, v_c), torch.cat([d_gates @ w_hh, v_c * f_s[s]], dim=1)
+
+        start = Scaled.of(torch.cat([zeros, final_c if final_c is not None else zeros], -1))
+        direct_h = Scaled(torch.cat([direct_h.mantissa, torch.zeros_like(direct_h.mantissa)], -1), direct_h.exponent)
+    else:
+        # Elman RNN: h = act(gi + gh); act' from the state itself, with autograd's rules (relu: 0 where h <= 0, so a
+        # NaN state passes its gradient on, as torch's threshold_backward does).
+        slope = (1 - states * states) if kind == "rnn_tanh" else (~(states <= 0)).to(states.dtype)
+        gain = w_sum  # |slope| <= 1
+        slope_s = slope.unbind(0)
+
+        def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
+            return v, (v * slope_s[s]) @ w_hh
+
+        start = Scaled.of(zeros)
+    stored, exps = _recurse(step, start, direct_h, every or renorm_interval(gain))
+    exponent = torch.stack(exps)
+    if kind == "lstm":
+        hidden_grad = Scaled(torch.stack([h for h, _ in stored]), exponent)
+        cell_grad = Scaled(torch.stack([c for _, c in stored]), exponent)
+        carried = torch.cat([hidden_grad.mantissa, cell_grad.mantissa], -1)
+    else:
+        hidden_grad, cell_grad = Scaled(torch.stack(stored), exponent), None
+        carried = hidden_grad.mantissa
+    if every != 1 and _lost_precision(carried):
+        return layer_adjoint(kind, inputs, states, params, direct_h if kind != "lstm" else
+                             Scaled(direct_h.mantissa[..., :hidden], direct_h.exponent), final_c, every=1)
+    if kind == "gru":
+        coef_ih = torch.stack([c_r, c_z, a_n], dim=2)
+        d_gi = (hidden_grad.mantissa.unsqueeze(2) * coef_ih).view(seq_len, batch, 3 * hidden)
+        return LayerAdjoint(hidden_grad, None, Scaled(d_gi @ w_ih, exponent))
+    if kind == "lstm":
+        d_gi = torch.stack((cell_grad.mantissa,) * 3 + (hidden_grad.mantissa,), dim=2) * coef
+        return LayerAdjoint(hidden_grad, cell_grad, Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent))
+    return LayerAdjoint(hidden_grad, None, Scaled((hidden_grad.mantissa * slope) @ w_ih, exponent))
+
+
+@dataclass
+class AdjointResult:
+    """The hidden-state pass of a whole module: values as autograd would give them, plus the true magnitudes.
+
+    Batch-first, original time order. `*_grad` are in the module's dtype (rounded once; below the dtype's range
+    they are 0 or denormal, above it inf, and once a step is non-finite every step processed after it is too, as
+    in autograd). `*_magnitude` hold the same values rescaled (exact where the dtype is not), and
+    `direct_log10_norm[quantity]` [L, D, T] is log10 of the norm of what is read from h_t (c_t) directly: from y,
+    h_n / c_n or the layer above, before the recurrence adds what later steps carry back.
+    """
+
+    hidden_grad: Tensor  # [L, D, B, T, H]
+    cell_grad: Tensor | None
+    input_grad: Tensor  # [B, T, I]
+    hidden_magnitude: Scaled
+    cell_magnitude: Scaled | None
+    input_magnitude: Scaled
+    direct_log10_norm: dict[str, Tensor]
+
+
+def log10_norm_over(row_log10_norm: Tensor, dim: int) -> Tensor:
+    """Combine row norms given as log10 into the log10 of the norm over `dim` (stable, float64)."""
+    scaled = row_log10_norm.double() * (2 * math.log(10.0))
+    return torch.logsumexp(scaled, dim=dim) / (2 * math.log(10.0))
+
+
+def _order(direction: int):
+    """Time-major tensors to processing order and back (a flip of time for the reverse direction)."""
+    return (lambda t: t) if direction == 0 else (lambda t: t.flip(0))
+
+
+def _nonfinite_rows(*values: Tensor | None) -> Tensor:
+    """[T, B] bool: rows of [T, B, K] tensors holding any inf/NaN (one cheap reduction when there are none)."""
+    bad = None
+    for v in values:
+        if v is None:
+            continue
+        if v.numel() and bool(torch.isfinite(v.sum())):  # inf/NaN anywhere makes the sum inf/NaN
+            rows = torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device)
+        else:
+            rows = ~torch.isfinite(v).all(dim=-1)
+        bad = rows if bad is None else bad | rows
+    return bad
+
+
+def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor],
+                 grads: dict[str, Tensor]) -> AdjointResult:
+    """The hidden-state pass: every dL/dh_t, dL/dc_t and dL/dx_t from the target's direct derivatives `grads`.
+
+    Runs the rescaled recursion top layer first; each layer hands its input gradient (rescaled) to the layer below.
+    `grads` holds ∂target/∂y [B, T, D*H], ∂target/∂h_n and (LSTM) ∂target/∂c_n [L*D, B, H].
+    """
+    from .models import cell_kind, layer_params
+
+    kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
+    hidden, layers = module.hidden_size, module.num_layers
+    batch, steps = x.shape[:2]
+    lstm = kind == "lstm"
+    with torch.no_grad():
+        shape = (layers, num_dirs, steps, batch)  # time-major while filling
+        h_m, h_e = x.new_zeros(*shape, hidden), torch.zeros(shape, dtype=torch.int32, device=x.device)
+        h_v = x.new_zeros(*shape, hidden)
+        c_m = x.new_zeros(*shape, hidden) if lstm else None
+        c_v = x.new_zeros(*shape, hidden) if lstm else None
+        direct_norm = {"hidden_state": torch.full((layers, num_dirs, steps), -math.inf, dtype=torch.float64)}
+        if lstm:
+            direct_norm["cell_state"] = direct_norm["hidden_state"].clone()
+        direct = Scaled(grads["y"].transpose(0, 1), torch.zeros(steps, batch, dtype=torch.int32, device=x.device))
+        direct_bad: Tensor | None = None  # [T, B]: rows the layer above made inf/NaN (autograd's pattern)
+        for layer in range(layers - 1, -1, -1):
+            layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
+            below: Scaled | None = None
+            below_bad = None
+            for d in range(num_dirs):
+                order, index = _order(d), layer * num_dirs + d
+                cols = slice(d * hidden, (d + 1) * hidden)
+                read = normalize(order(direct.mantissa[..., cols]), order(direct.exponent))
+                final_h = grads["h_n"][index]
+                if bool(final_h.any()):  # h_n is the last processed state: its direct derivative adds there
+                    last = add(Scaled(read.mantissa[-1:], read.exponent[-1:]), Scaled.of(final_h[None]))
+                    read.mantissa[-1], read.exponent[-1] = last.mantissa[0], last.exponent[0]
+                direct_norm["hidden_state"][layer, d] = order(log10_norm_over(read.log10_row_norm(), dim=1))
+                final_c = grads["c_n"][index] if lstm else None
+                if final_c is not None:
+                    c_last = direct_norm["cell_state"][layer, d]
+                    c_last[-1 if d == 0 else 0] = log10_norm_over(Scaled.of(final_c).log10_row_norm(), dim=0)
+                result = layer_adjoint(kind, order(layer_in), order(layer_outputs[layer].transpose(0, 1)[..., cols]),
+                                       layer_params(module, layer, d), read, final_c)
+                values = result.hidden_grad.value()
+                cell_values = result.cell_grad.value() if result.cell_grad is not None else None
+                # Autograd's non-finite pattern: a step that is inf/NaN (or reads an inf/NaN from above) makes every
+                # step processed after it inf/NaN too (dense matmuls spread it to every unit).
+                read_bad = _nonfinite_rows(read.mantissa)
+                if direct_bad is not None:
+                    read_bad = read_bad | order(direct_bad)
+                # (The backward pass runs from the last processed step to the first: "after" is a lower index.)
+                bad = (_nonfinite_rows(values, cell_values) | read_bad).to(torch.int32)
+                seen = bad.flip(0).cumsum(dim=0).flip(0) > 0  # this step or a later one is bad
+                poisoned = read_bad | torch.cat([seen[1:], torch.zeros_like(seen[:1])])
+                if bool(poisoned.any()):
+                    values[poisoned] = math.nan
+                    if cell_values is not None:
+                        cell_values[poisoned] = math.nan
+                h_m[layer, d], h_e[layer, d] = order(result.hidden_grad.mantissa), order(result.hidden_grad.exponent)
+                h_v[layer, d] = order(values)
+                if lstm:
+                    c_m[layer, d], c_v[layer, d] = order(result.cell_grad.mantissa), order(cell_values)
+                layer_grad = result.input_grad.flip(0) if d == 1 else result.input_grad
+                below = layer_grad if below is None else Scaled(*add_scaled(below.mantissa, below.exponent,
+                                                                                layer_grad.mantissa, layer_grad.exponent))
+                below_bad = order(seen) if below_bad is None else below_bad | order(seen)
+            input_values = below.value()
+            direct, direct_bad = below, below_bad | _nonfinite_rows(input_values)
+        if bool(direct_bad.any()):
+            input_values[direct_bad] = math.nan
+
+    def batch_first(t: Tensor) -> Tensor:
+        return t.transpose(2, 3).contiguous()
+
+    return AdjointResult(
+        hidden_grad=batch_first(h_v),
+        cell_grad=batch_first(c_v) if lstm else None,
+        input_grad=input_values.transpose(0, 1).contiguous(),
+        hidden_magnitude=Scaled(batch_first(h_m), h_e.transpose(2, 3).contiguous()),
+        cell_magnitude=Scaled(batch_first(c_m), h_e.transpose(2, 3).contiguous()) if lstm else None,
+        input_magnitude=direct.transpose(0, 1),
+        direct_log10_norm=direct_norm,
+    )

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .adjoint import layer_adjoint
+from .adjoint import AdjointResult, Scaled, adjoint_pass
 from .config import ENGINES, ExplainConfig, Limits, resolve_device
 from .errors import ConfigError, DeviceError, TargetError
-from .models import SeedAnswerGRU, UnrolledTwin, build, cell_kind, layer_params, single_layer_view
+from .models import SeedAnswerGRU, UnrolledTwin, answer_as_gru, build, single_layer_view
 from .report import GradientReport
 from .target import Target, parse_target
 
@@ -70,6 +70,10 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
             raw = _run_twin(built.module, built.head, built.inputs, target)
         else:
             raw = _run_fused(built.module, built.head, built.inputs, target)
+        if "adjoint" not in raw:  # true magnitudes always come from the rescaled pass (same math, same weights)
+            fused = answer_as_gru(built.module) if isinstance(built.module, SeedAnswerGRU) else built.module
+            raw["adjoint"] = _run_fused(fused, built.head, built.inputs, target)["adjoint"]
+        adjoint: AdjointResult = raw.pop("adjoint")
         cpu = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in raw.items()}
     except RuntimeError as err:  # torch.OutOfMemoryError and driver faults are RuntimeErrors too
         if device.type == "cpu":
@@ -93,8 +97,23 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
         hidden_states=cpu["hidden_states"],
         cell_grad=cpu["cell_grad"],
         grads={k: v.detach().cpu() for k, v in raw["grads"].items()},
+        hidden_magnitude=_to_cpu(adjoint.hidden_magnitude),
+        cell_magnitude=_to_cpu(adjoint.cell_magnitude) if adjoint.cell_magnitude is not None else None,
+        input_magnitude=_to_cpu(adjoint.input_magnitude),
+        direct_log10_norm=adjoint.direct_log10_norm,
+        flush_denormal=flushes_denormals(),
         **masks,
     )
+
+
+def _to_cpu(scaled: Scaled) -> Scaled:
+    return Scaled(scaled.mantissa.detach().cpu(), scaled.exponent.cpu())
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread's CPU currently flushes denormals to zero (torch.set_flush_denormal)."""
+    tiny = torch.tensor([2.0 ** -140], dtype=torch.float32)  # a float32 denormal
+    return bool((tiny * 1.0)[0] == 0)
 
 
 def _named_grads(target_value: Tensor, named: dict[str, Tensor], extra: list[Tensor]) -> tuple[dict, list]:
@@ -121,39 +140,6 @@ def fused_forward(module: nn.RNNBase, x: Tensor) -> tuple[list[Tensor], Tensor, 
     return layer_outputs, torch.cat(h_finals), torch.cat(c_finals) if c_finals else None
 
 
-def adjoint_pass(module: nn.RNNBase, x: Tensor, layer_outputs: list[Tensor],
-                 grads: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The hidden-state pass: (hidden_grad, cell_grad, input_grad) from the target's direct derivatives.
-
-    Runs the adjoint recursion top layer first; each layer hands its input gradient to the layer below.
-    """
-    kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
-    hidden, layers = module.hidden_size, module.num_layers
-    with torch.no_grad():
-        shape = (layers, num_dirs, x.shape[0], x.shape[1], hidden)
-        hidden_grad = x.new_zeros(shape)
-        cell_grad = x.new_zeros(shape) if kind == "lstm" else None
-        direct = grads["y"].transpose(0, 1)  # [T, B, D*H], original time order
-        for layer in range(layers - 1, -1, -1):
-            layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
-            input_grad = None
-            for d in range(num_dirs):
-                order = _order(d)
-                cols = slice(d * hidden, (d + 1) * hidden)
-                index = layer * num_dirs + d
-                result = layer_adjoint(
-                    kind, order(layer_in), order(layer_outputs[layer].transpose(0, 1)[..., cols]),
-                    layer_params(module, layer, d), order(direct[..., cols]), grads["h_n"][index],
-                    grads["c_n"][index] if kind == "lstm" else None)
-                hidden_grad[layer, d] = order(result.hidden_grad).transpose(0, 1)
-                if cell_grad is not None:
-                    cell_grad[layer, d] = order(result.cell_grad).transpose(0, 1)
-                layer_grad = order(result.input_grad)
-                input_grad = layer_grad if input_grad is None else input_grad + layer_grad
-            direct = input_grad
-    return hidden_grad, cell_grad, direct.transpose(0, 1)
-
-
 def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
     # 1. Fused forward (cheap, no graph): every state of every layer.
     layer_outputs, h_n, c_n = fused_forward(module, x)
@@ -167,19 +153,13 @@ def _run_fused(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Ta
             named["out"] = head(named["y"])
         value = target.evaluate(named)
         grads, _ = _named_grads(value, named, [])
-    # 3. The adjoint recursion turns them into total derivatives of every state and of the input.
-    hidden_grad, cell_grad, input_grad = adjoint_pass(module, x, layer_outputs, grads)
+    # 3. The rescaled adjoint recursion turns them into total derivatives of every state and of the input.
+    adjoint = adjoint_pass(module, x, layer_outputs, grads)
     num_dirs, hidden = (2 if module.bidirectional else 1), module.hidden_size
     states = torch.stack([out.view(*out.shape[:2], num_dirs, hidden).permute(2, 0, 1, 3) for out in layer_outputs])
-    return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=input_grad,
-                hidden_grad=hidden_grad, cell_grad=cell_grad, grads=grads, hidden_states=states)
-
-
-def _order(direction: int):
-    """Time-major tensors to processing order and back (a flip of time for the reverse direction)."""
-    if direction == 0:
-        return lambda t: t
-    return lambda t: t.flip(0)
+    return dict(y=y, target=value.detach(), stacked_grad=grads["y"], input_grad=adjoint.input_grad,
+                hidden_grad=adjoint.hidden_grad, cell_grad=adjoint.cell_grad, grads=grads, hidden_states=states,
+                adjoint=adjoint)
 
 
 def _run_twin(module: nn.RNNBase, head: nn.Module | None, x: Tensor, target: Target) -> dict:
@@ -243,6 +223,8 @@ def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | N
     shape = (layers, num_dirs, batch, steps, hidden)
     hidden_reached = torch.zeros(shape, dtype=torch.bool)
     cell_reached = torch.zeros(shape, dtype=torch.bool) if cfg.cell == "lstm" else None
+    hidden_read = torch.zeros(shape, dtype=torch.bool)  # what the target (or the layer above) reads directly
+    cell_read = torch.zeros(shape, dtype=torch.bool) if cfg.cell == "lstm" else None
     direct = stacked_read  # what the layer above (or the target) reads of this layer's output: [B, T, D*H]
     for layer in range(layers - 1, -1, -1):
         for d in range(num_dirs):
@@ -260,11 +242,13 @@ def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | N
             later = torch.cat([later[:, 1:], torch.zeros_like(later[:, :1])], dim=1)
             later = later if d == 0 else later.flip(1)
             hidden_reached[layer, d] = seed_h | later.unsqueeze(-1)
+            hidden_read[layer, d] = seed_h
             if cell_reached is not None:
                 cell_reached[layer, d] = hidden_reached[layer, d] | seed_c
+                cell_read[layer, d] = seed_c
         reached = hidden_reached[layer] if cell_reached is None else hidden_reached[layer] | cell_reached[layer]
         step_read = reached.any(dim=(0, 3))  # [B, T]: the layer's gates at t matter, so its input at t is read
         width = cfg.input_size if layer == 0 else num_dirs * hidden
         direct = step_read.unsqueeze(-1).expand(batch, steps, width)
     return dict(stacked_read=stacked_read, hidden_reached=hidden_reached, cell_reached=cell_reached,
-                input_reached=direct.clone())
+                input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read)

@@ -119,6 +119,28 @@ def _uniform(shape: torch.Size, low: float, high: float, gen: torch.Generator, d
     return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=gen).to(dtype)
 
 
+def answer_as_gru(model: SeedAnswerGRU) -> nn.GRU:
+    """An nn.GRU computing exactly the seed answer's GRU (its Linear weights regrouped; no hidden bias on r, z).
+
+    The answer's gates: r = σ(lin_r([x, h])), z = σ(lin_z([x, h])), n = tanh(lin_in(x) + r ⊙ lin_hn(h)),
+    h' = (1 − z) ⊙ n + z ⊙ h — PyTorch's GRU equations with W_ir = lin_r.weight[:, :I], W_hr = lin_r.weight[:, I:],
+    b_ir = lin_r.bias, b_hr = 0 (likewise z), W_in = lin_in, W_hn = lin_hn. Used for the rescaled adjoint pass.
+    """
+    inputs = model.lin_in.in_features
+    weight = model.lin_r.weight
+    gru = nn.GRU(inputs, model.hidden_size, batch_first=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(torch.cat([model.lin_r.weight[:, :inputs], model.lin_z.weight[:, :inputs],
+                                          model.lin_in.weight]))
+        gru.weight_hh_l0.copy_(torch.cat([model.lin_r.weight[:, inputs:], model.lin_z.weight[:, inputs:],
+                                          model.lin_hn.weight]))
+        gru.bias_ih_l0.copy_(torch.cat([model.lin_r.bias, model.lin_z.bias, model.lin_in.bias]))
+        gru.bias_hh_l0.copy_(torch.cat([torch.zeros_like(model.lin_r.bias), torch.zeros_like(model.lin_z.bias),
+                                        model.lin_hn.bias]))
+    gru.flatten_parameters()
+    return gru
+
+
 def _linear_fan_in(module: nn.Module, param_name: str) -> int:
     layer = module.get_submodule(param_name.rsplit(".", 1)[0])
     assert isinstance(layer, nn.Linear)

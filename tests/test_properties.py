@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,10 +52,16 @@ def test_valid_configs_explain_consistently(cfg: ExplainConfig) -> None:
     assert report.hidden_grad.shape == (L, D, B, T, H)
     assert report.stacked_grad.shape == report.output.shape == (B, T, D * H)
     assert report.input_grad.shape == report.inputs.shape
-    # A structural zero is always a numeric zero; a numeric zero with a path is flagged as underflow.
+    # A structural zero is always a numeric zero; every numeric zero has exactly one cause.
     frame = report.frame
     assert not (frame.structurally_zero & ~frame.exactly_zero).any()
-    assert (frame.underflow == (frame.exactly_zero & ~frame.structurally_zero)).all()
+    assert ((frame.zero_cause == "structural") == frame.structurally_zero).all()
+    assert ((frame.zero_cause != "") == frame.exactly_zero).all()
+    assert (frame.underflow == (frame.zero_cause == "underflow")).all()
+    assert (frame.log10_norm[frame.zero_cause == "zero_on_path"] == -math.inf).all()
+    assert not (frame.zero_cause == "underflow").any()  # small float64 runs: nothing is below 1e-308
+    finite = frame[~frame.exactly_zero & ~frame.nonfinite]
+    assert np.allclose(finite.log10_norm, np.log10(finite.norm), rtol=0, atol=1e-9)
     assert not (report.hidden_grad[~report.hidden_reached] != 0).any()
     if cfg.cell != "answer_gru":
         twin = explain(cfg, engine="twin")

@@ -1,0 +1,282 @@
+"""The rescaled adjoint: exact rescaling, true magnitudes below/above the dtype's range, zero causes, autograd's
+non-finite pattern, and the same results whatever the caller's flush-denormal flag."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gru_explainer import ExplainConfig, Limits, explain
+from gru_explainer.adjoint import ZERO_ROW, Scaled, add
+from gru_explainer.models import SeedAnswerGRU, answer_as_gru, build
+from gru_explainer.target import parse_target
+
+LOCAL = Limits.local()
+CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def flush_denormal(on: bool):
+    torch.set_flush_denormal(on)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def hidden_rows(report):
+    frame = report.frame
+    return frame[frame.quantity == "hidden_state"].reset_index(drop=True)
+
+
+# --- Scaled: exact rescaling ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scaled_round_trip_is_exact_and_zero_rows_are_marked(dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 4, 7, generator=gen, dtype=torch.float64).to(dtype) * 1e3
+    values[1, 2] = 0
+    scaled = Scaled.of(values)
+    assert torch.equal(scaled.value(), values)
+    assert scaled.exponent[1, 2] == ZERO_ROW
+    row_max = scaled.mantissa.abs().amax(-1)
+    nonzero = row_max > 0
+    assert ((row_max[nonzero] >= 0.5) & (row_max[nonzero] < 1)).all()
+    expected = torch.log10(values.double().abs())
+    assert torch.allclose(scaled.log10_abs()[values != 0], expected[values != 0], rtol=0, atol=1e-12)
+    assert (scaled.log10_abs()[values == 0] == -math.inf).all()
+
+
+def test_scaled_holds_magnitudes_beyond_the_dtype_and_rounds_like_it() -> None:
+    mantissa = torch.tensor([[0.75, -0.5], [0.5, 0.0], [0.5, 0.25]], dtype=torch.float32)
+    exponent = torch.tensor([-200, 300, -140], dtype=torch.int32)
+    scaled = Scaled(mantissa, exponent)
+    value = scaled.value()
+    assert torch.equal(value[0], torch.zeros(2))  # 0.75 * 2**-200: below float32's range
+    assert value[1, 0] == math.inf and value[1, 1] == 0  # an exact zero stays 0 (never 0 * inf = NaN)
+    assert value[2, 0].item() == pytest.approx(0.5 * 2.0 ** -140, rel=1e-6)  # a float32 denormal
+    assert scaled.log10_abs()[0, 0].item() == pytest.approx(math.log10(0.75) - 200 * math.log10(2), abs=1e-12)
+    assert scaled.log10_row_norm()[1].item() == pytest.approx(math.log10(0.5) + 300 * math.log10(2), abs=1e-12)
+
+
+def test_scaled_add_aligns_exponents_and_ignores_stale_zero_rows() -> None:
+    a = Scaled(torch.tensor([[0.5, 0.25], [0.0, 0.0]]), torch.tensor([10, 50], dtype=torch.int32))  # row 1: stale
+    b = Scaled(torch.tensor([[0.5, 0.0], [0.5, 0.5]]), torch.tensor([8, -60], dtype=torch.int32))
+    total = add(a, b)
+    expected = torch.tensor([[0.5 * 2**10 + 0.5 * 2**8, 0.25 * 2**10], [0.5 * 2**-60, 0.5 * 2**-60]],
+                            dtype=torch.float64)
+    assert torch.allclose(total.mantissa.double() * torch.exp2(total.exponent.double()).unsqueeze(-1), expected,
+                          rtol=1e-7, atol=0)
+
+
+# --- The engine against float64 autograd -------------------------------------------------------------------------
+
+
+CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu")
+
+
+def autograd_reference(cfg: ExplainConfig) -> dict[str, torch.Tensor]:
+    """Plain float64 autograd through the unrolled twin (no rescaling) on the float32 model's weights and input."""
+    cfg64 = cfg.replace(dtype="float64")
+    report = explain(cfg64, engine="twin", limits=LOCAL)
+    return {"hidden": report.hidden_grad, "cell": report.cell_grad, "input": report.input_grad}
+
+
+def _normwise(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize(("cell", "bidirectional"), list(itertools.product(CELLS, (False, True))))
+def test_rescaled_engine_matches_float64_autograd_normwise(cell, bidirectional) -> None:
+    cfg = ExplainConfig(cell=cell, num_layers=2, input_size=4, hidden_size=8, seq_len=20, batch_size=3,
+                        bidirectional=bidirectional, dtype="float64", seed=5,
+                        target="y[:, 12].sum() + h_n.pow(2).sum()" + (" + c_n.mean()" if cell == "lstm" else ""))
+    fused = explain(cfg)
+    ref = autograd_reference(cfg)
+    assert _normwise(fused.hidden_grad, ref["hidden"]) <= 1e-12
+    assert _normwise(fused.input_grad, ref["input"]) <= 1e-12
+    if cell == "lstm":
+        assert _normwise(fused.cell_grad, ref["cell"]) <= 1e-12
+    # float32: the float32 model (rounded weights) against float64 autograd on those same weights.
+    cfg32 = cfg.replace(dtype="float32")
+    fused32 = explain(cfg32)
+    ref32 = float64_autograd_on(fused32)
+    for t in range(cfg.seq_len):  # per step, where the reference is non-zero
+        for name, ours in (("hidden", fused32.hidden_grad), ("input", fused32.input_grad)):
+            ref_t = ref32[name][..., t, :] if name == "hidden" else ref32[name][:, t]
+            ours_t = ours[..., t, :] if name == "hidden" else ours[:, t]
+            if ref_t.norm() > 0:
+                assert _normwise(ours_t, ref_t) <= 1e-6, (name, t)
+
+
+def float64_autograd_on(report) -> dict[str, torch.Tensor]:
+    """dL/dh_t and dL/dx_t by float64 autograd through an unrolled copy of report.module (weights cast exactly)."""
+    from gru_explainer.models import UnrolledTwin
+
+    module = report.module.double()
+    head = report.head.double() if report.head is not None else None
+    try:
+        x = report.inputs.double().requires_grad_()
+        twin = UnrolledTwin(module)(x)
+        named = {"y": twin.y, "h_n": twin.h_n}
+        if twin.c_n is not None:
+            named["c_n"] = twin.c_n
+        if head is not None:
+            named["out"] = head(twin.y)
+        value = parse_target(report.config.target).evaluate(named)
+        states = [h for per_layer in twin.hidden for per_dir in per_layer for h in per_dir]
+        grads = torch.autograd.grad(value, [x, *states], allow_unused=True)
+        grads = [torch.zeros_like(s) if g is None else g for s, g in zip([x, *states], grads, strict=True)]
+        cfg = report.config
+        hidden = torch.stack(grads[1:]).view(cfg.num_layers, cfg.num_directions, cfg.seq_len, cfg.batch_size, -1)
+        return {"hidden": hidden.transpose(2, 3), "input": grads[0]}
+    finally:
+        report.module.float()
+        if report.head is not None:
+            report.head.float()
+
+
+def test_true_magnitudes_below_float32_range_match_float64() -> None:
+    """A float32 tanh RNN at T = 400: dL/dh_t falls far below float32's 1.4e-45; log10_norm still matches float64."""
+    cfg = ExplainConfig(cell="rnn_tanh", num_layers=1, input_size=4, hidden_size=32, seq_len=400, batch_size=2,
+                        dtype="float32", seed=1, target="y[:, -1].sum()")
+    report = explain(cfg, limits=LOCAL)
+    ref = float64_autograd_on(report)["hidden"]  # float64 autograd holds these magnitudes (down to 1e-308)
+    ref_log10 = torch.log10(ref[0, 0].transpose(0, 1).reshape(cfg.seq_len, -1).norm(dim=1)).numpy()
+    rows = hidden_rows(report)
+    assert rows.log10_norm.min() < -45  # below float32's smallest denormal
+    assert np.abs(rows.log10_norm.to_numpy() - ref_log10).max() < 0.01
+    # Those steps are zero in float32 and called underflow, never a zero on the path.
+    gone = rows[rows.exactly_zero]
+    assert len(gone) > 0 and (gone.zero_cause == "underflow").all() and gone.underflow.all()
+    assert np.isfinite(gone.log10_norm).all()
+    # Per element too: log10_magnitude matches float64 where float64 is non-zero.
+    magnitude = report.log10_magnitude("hidden_state")[0, 0]
+    ref_elem = torch.log10(ref[0, 0].abs())
+    keep = ref[0, 0] != 0
+    assert (magnitude[keep] - ref_elem[keep]).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_same_results_whatever_the_callers_flush_flag(cell) -> None:
+    cfg = ExplainConfig(cell=cell, num_layers=2, input_size=4, hidden_size=16, seq_len=300, batch_size=2,
+                        dtype="float32", seed=2, weight_scale=0.5, target="y[:, -1].sum()")
+    with flush_denormal(False):
+        plain = explain(cfg, limits=LOCAL)
+    with flush_denormal(True):
+        flushed = explain(cfg, limits=LOCAL)
+    if not flushed.flush_denormal:
+        pytest.skip("this CPU does not support flushing denormals")
+    assert not plain.flush_denormal
+    assert np.array_equal(plain.frame.log10_norm.to_numpy(), flushed.frame.log10_norm.to_numpy())
+    assert torch.equal(plain.hidden_magnitude.mantissa, flushed.hidden_magnitude.mantissa)
+    # The values in the dtype differ only where float32 holds a denormal (flushed to 0 there).
+    tiny = torch.finfo(torch.float32).tiny
+    normal = plain.hidden_grad.abs() >= tiny
+    assert torch.equal(plain.hidden_grad[normal], flushed.hidden_grad[normal])
+    assert (flushed.hidden_grad[~normal] == 0).all()
+
+
+# --- Zero causes ----------------------------------------------------------------------------------------------------
+
+
+def test_dead_relu_units_are_zero_on_the_path_not_underflow() -> None:
+    cfg = ExplainConfig(cell="rnn_relu", num_layers=1, hidden_size=2, input_size=1, batch_size=1, seq_len=12, seed=0,
+                        dtype="float64", target="y[:, -1].sum()")
+    report = explain(cfg)
+    rows = hidden_rows(report)
+    on_path = rows[rows.zero_cause == "zero_on_path"]
+    assert len(on_path) > 0 and not rows.underflow.any()
+    assert (on_path.log10_norm == -math.inf).all()
+    # Independently: plain autograd on the fused nn.RNN gives exact zeros there, and a dead step (every unit of
+    # h_{t+1} <= 0, so relu' = 0) sits right after the last non-zero step.
+    built = build(cfg, CPU)
+    x = built.inputs
+    y, _ = built.module(x)
+    states = y.detach()[0]
+    first_zero = int(on_path.t.max())
+    assert (states[first_zero + 1] <= 0).all()
+    assert report.hidden_grad[0, 0, 0, : first_zero + 1].abs().max() == 0
+
+
+def test_a_target_that_cancels_is_zero_on_every_path() -> None:
+    cfg = ExplainConfig(cell="gru", num_layers=2, hidden_size=8, seq_len=10, target="y[:, -1].sum() - y[:, -1].sum()")
+    report = explain(cfg)
+    frame = report.frame
+    reached = frame[~frame.structurally_zero]
+    assert len(reached) > 0 and (reached.zero_cause == "zero_on_path").all()
+    assert not frame.underflow.any()
+
+
+def test_a_zero_factor_in_the_target_is_zero_on_the_path() -> None:
+    report = explain(ExplainConfig(cell="gru", num_layers=1, hidden_size=8, seq_len=6, target="0 * y[:, 2].sum()"))
+    rows = hidden_rows(report)
+    assert set(rows.zero_cause) == {"zero_on_path", "structural"}
+    assert (rows.zero_cause[rows.t <= 2] == "zero_on_path").all()
+
+
+# --- Non-finite values: autograd's pattern, never zeros -------------------------------------------------------------
+
+
+def _plain_autograd_input_grad(cfg: ExplainConfig) -> torch.Tensor:
+    built = build(cfg, CPU)
+    x = built.inputs.clone().requires_grad_()
+    y, h_n = built.module(x)
+    parse_target(cfg.target).evaluate({"y": y, "h_n": h_n}).backward()
+    return x.grad
+
+
+@pytest.mark.parametrize(("cell", "scale", "layers", "steps"), [
+    ("rnn_relu", 5.0, 1, 200),  # the forward overflows too (inf/NaN states)
+    ("rnn_tanh", 6.0, 2, 300),  # chaotic: bounded forward, exploding backward
+])
+def test_exploding_runs_have_autograds_nonfinite_pattern(cell, scale, layers, steps) -> None:
+    cfg = ExplainConfig(cell=cell, num_layers=layers, hidden_size=64, input_size=6, seq_len=steps, batch_size=2,
+                        weight_scale=scale, target="y[:, -1].sum()")
+    fused, twin = explain(cfg, limits=LOCAL), explain(cfg, engine="twin", limits=LOCAL)
+    expected = _plain_autograd_input_grad(cfg)
+    bad = ~torch.isfinite(expected).all(-1)  # [B, T] rows autograd makes inf/NaN
+    assert bad.any() and not bad.all()
+    for report in (fused, twin):
+        ours = ~torch.isfinite(report.input_grad).all(-1)
+        # Non-finite from the first overflowing step back to t = 0, as autograd: which step overflows first can
+        # differ by one per layer where the true value sits at float32's maximum (both roundings are within 1e-6).
+        for pattern in (ours, bad):
+            first = pattern.int().argmin(dim=1)  # first finite step (forward direction: bad steps come first)
+            assert all(pattern[b, :first[b]].all() and not pattern[b, first[b]:].any() for b in range(2))
+        assert (ours.int().sum(1) - bad.int().sum(1)).abs().max() <= layers
+        both = ~ours & ~bad  # rows finite in both: normwise equal (float32 rounding, chaotic dynamics)
+        assert both.sum() >= 0.3 * both.numel()
+        diff = (report.input_grad[both].double() - expected[both].double()).norm(dim=-1)
+        assert (diff <= 1e-4 * expected[both].double().norm(dim=-1)).all()
+    mismatch = fused.frame.assign(off=fused.frame.nonfinite != twin.frame.nonfinite)
+    assert mismatch.groupby(["quantity", "layer", "direction"]).off.sum().max() <= layers  # boundary steps only
+    inputs = fused.frame[fused.frame.quantity == "input"]
+    assert not (inputs.exactly_zero & inputs.nonfinite).any()
+    assert not inputs.underflow.any()
+    # The true magnitude is still known past float32's range (where the forward pass stayed finite).
+    rows = hidden_rows(fused)
+    finite_forward = rows[rows.nonfinite & ~rows.forward_nonfinite]
+    if cell == "rnn_tanh":
+        assert len(finite_forward) > 0 and (finite_forward.log10_norm > 38).any()
+
+
+# --- The seed answer's GRU as an nn.GRU ----------------------------------------------------------------------------
+
+
+def test_answer_gru_regrouped_as_nn_gru_computes_the_same_function() -> None:
+    gen = torch.Generator().manual_seed(0)
+    model = SeedAnswerGRU(3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(2, 7, 3, generator=gen, dtype=torch.float64)
+    y_answer, _ = model(x)
+    y_gru, _ = answer_as_gru(model)(x)
+    assert (y_answer - y_gru).abs().max() < 1e-12
