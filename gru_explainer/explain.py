@@ -250,5 +250,6 @@ def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | N
         step_read = reached.any(dim=(0, 3))  # [B, T]: the layer's gates at t matter, so its input at t is read
         width = cfg.input_size if layer == 0 else num_dirs * hidden
         direct = step_read.unsqueeze(-1).expand(batch, steps, width)
+    named_read = {name: reads.get(name, torch.zeros(shape, dtype=torch.bool)) for name, shape in shapes.items()}
     return dict(stacked_read=stacked_read, hidden_reached=hidden_reached, cell_reached=cell_reached,
-                input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read)
+                input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read, named_read=named_read)

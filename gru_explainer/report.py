@@ -62,6 +62,7 @@ class GradientReport:
     input_reached: Tensor  # bool [B, T, I]
     hidden_read: Tensor  # bool [L, D, B, T, H]: h_t elements read directly (by y, h_n or the layer above)
     cell_read: Tensor | None  # bool, c_t elements read directly (c_n), LSTM
+    named_read: dict[str, Tensor]  # bool masks of what the target itself reads of y, h_n, c_n, out (its own text)
     hidden_magnitude: Scaled  # hidden_grad rescaled (mantissa [L, D, B, T, H] · 2**exponent [L, D, B, T]): true values
     cell_magnitude: Scaled | None  # cell_grad rescaled (LSTM)
     input_magnitude: Scaled  # input_grad rescaled ([B, T, I], exponent [B, T])
@@ -122,11 +123,17 @@ class GradientReport:
             }))
         return pd.concat(frames, ignore_index=True)
 
-    def verdict(self) -> str:
-        """A plain-language explanation of THIS report's numbers (markdown)."""
-        from .verdict import verdict
+    def facts(self) -> list:
+        """The verdict's claims as structured `verdict.Fact`s (what, where, which steps, which cause, numbers)."""
+        from .verdict import facts
 
-        return verdict(self)
+        return facts(self)
+
+    def verdict(self) -> str:
+        """A plain-language explanation of THIS report's numbers (markdown), rendered from `facts()`."""
+        from .verdict import render
+
+        return render(self.facts())
 
 
 def _step_stats(grad: Tensor, reached: Tensor, magnitude: Scaled, direct: Tensor | None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gru_explainer.models import cell_kind, layer_params
+from gru_explainer.models import UnrolledTwin, cell_kind, layer_params
+from gru_explainer.target import parse_target
 
 Perturbation = dict[tuple[str, int, int, int], Tensor]  # ("h" | "c", layer, direction, t) -> [B, H]
 
@@ -68,3 +69,51 @@ def reference_outputs(module: nn.RNNBase, x: Tensor, perturb: Perturbation | Non
     if kind == "lstm":
         result["c_n"] = torch.stack(c_last)
     return result
+
+
+def float64_autograd_on(report) -> dict[str, torch.Tensor]:
+    """dL/dh_t and dL/dx_t by float64 autograd through an unrolled copy of report.module (weights cast exactly)."""
+    module = report.module.double()
+    head = report.head.double() if report.head is not None else None
+    try:
+        x = report.inputs.double().requires_grad_()
+        twin = UnrolledTwin(module)(x)
+        named = {"y": twin.y, "h_n": twin.h_n}
+        if twin.c_n is not None:
+            named["c_n"] = twin.c_n
+        if head is not None:
+            named["out"] = head(twin.y)
+        value = parse_target(report.config.target).evaluate(named)
+        states = [h for per_layer in twin.hidden for per_dir in per_layer for h in per_dir]
+        grads = torch.autograd.grad(value, [x, *states], allow_unused=True)
+        grads = [torch.zeros_like(s) if g is None else g for s, g in zip([x, *states], grads, strict=True)]
+        cfg = report.config
+        hidden = torch.stack(grads[1:]).view(cfg.num_layers, cfg.num_directions, cfg.seq_len, cfg.batch_size, -1)
+        return {"hidden": hidden.transpose(2, 3), "input": grads[0]}
+    finally:
+        report.module.float()
+        if report.head is not None:
+            report.head.float()
+
+
+def float64_tanh_rnn_grads_at_states(report) -> Tensor:
+    """dL/dh_t [B, T, H] of a 1-layer tanh nn.RNN by float64 autograd, linearised at the report's OWN forward states.
+
+    h_t = tanh(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) with its value replaced by the report's (float32) state
+    (h + (state - h).detach()), so a chaotic forward pass cannot diverge in float64: only the backward is float64.
+    """
+    module = report.module
+    w_ih, w_hh, b_ih, b_hh = (p.detach().double() for p in layer_params(module, 0, 0))
+    states = report.hidden_states[0, 0].double()  # [B, T, H]
+    x = report.inputs.double()
+    h = x.new_zeros(x.shape[0], module.hidden_size).requires_grad_()  # so every step is part of the graph
+    hs = []
+    with torch.enable_grad():
+        for t in range(x.shape[1]):
+            h_new = torch.tanh(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+            h = h_new + (states[:, t] - h_new).detach()
+            hs.append(h)
+        y = torch.stack(hs, dim=1)
+        value = parse_target(report.config.target).evaluate({"y": y, "h_n": h.unsqueeze(0)})
+        grads = torch.autograd.grad(value, hs)
+    return torch.stack(grads, dim=1)

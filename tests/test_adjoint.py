@@ -16,6 +16,8 @@ from gru_explainer.adjoint import ZERO_ROW, Scaled, add
 from gru_explainer.models import SeedAnswerGRU, answer_as_gru, build
 from gru_explainer.target import parse_target
 
+from .reference import float64_autograd_on
+
 LOCAL = Limits.local()
 CPU = torch.device("cpu")
 
@@ -113,33 +115,6 @@ def test_rescaled_engine_matches_float64_autograd_normwise(cell, bidirectional) 
             ours_t = ours[..., t, :] if name == "hidden" else ours[:, t]
             if ref_t.norm() > 0:
                 assert _normwise(ours_t, ref_t) <= 1e-6, (name, t)
-
-
-def float64_autograd_on(report) -> dict[str, torch.Tensor]:
-    """dL/dh_t and dL/dx_t by float64 autograd through an unrolled copy of report.module (weights cast exactly)."""
-    from gru_explainer.models import UnrolledTwin
-
-    module = report.module.double()
-    head = report.head.double() if report.head is not None else None
-    try:
-        x = report.inputs.double().requires_grad_()
-        twin = UnrolledTwin(module)(x)
-        named = {"y": twin.y, "h_n": twin.h_n}
-        if twin.c_n is not None:
-            named["c_n"] = twin.c_n
-        if head is not None:
-            named["out"] = head(twin.y)
-        value = parse_target(report.config.target).evaluate(named)
-        states = [h for per_layer in twin.hidden for per_dir in per_layer for h in per_dir]
-        grads = torch.autograd.grad(value, [x, *states], allow_unused=True)
-        grads = [torch.zeros_like(s) if g is None else g for s, g in zip([x, *states], grads, strict=True)]
-        cfg = report.config
-        hidden = torch.stack(grads[1:]).view(cfg.num_layers, cfg.num_directions, cfg.seq_len, cfg.batch_size, -1)
-        return {"hidden": hidden.transpose(2, 3), "input": grads[0]}
-    finally:
-        report.module.float()
-        if report.head is not None:
-            report.head.float()
 
 
 def test_true_magnitudes_below_float32_range_match_float64() -> None:

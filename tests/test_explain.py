@@ -243,7 +243,7 @@ def test_exploding_gradients_are_marked_nonfinite() -> None:
     hidden = report.frame[report.frame.quantity == "hidden_state"]
     assert hidden.nonfinite.any() and not hidden.nonfinite.iloc[-5:].any()  # near the target: finite
     assert not hidden.forward_nonfinite.any()
-    assert "Non-finite" in report.verdict()
+    assert "Exploding gradients" in report.verdict()
 
 
 def test_forward_overflow_is_marked() -> None:
