@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 import ui
 from gru_explainer import Limits
 from gru_explainer.charts import decay_chart, rate_chart
-from gru_explainer.flow import cell_label, decay_rates, sweep
+from gru_explainer.flow import cell_label, decay_rates, describe_rate, describe_sweep, sweep
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
 DEFAULT_CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -68,16 +69,6 @@ def _rate_text(rate: float) -> str:
     return f"×{rate:.3g}" if math.isfinite(rate) else "n/a"
 
 
-def _rate_help(rate: float) -> str:
-    if not math.isfinite(rate) or rate <= 0:
-        return "Not enough finite, non-zero points to fit."
-    if rate == 1:
-        return "Constant: the gradient keeps its size."
-    steps = 1 / abs(math.log10(rate))
-    way = "smaller" if rate < 1 else "larger"
-    return f"The gradient gets 10× {way} every {steps:.3g} steps back from the target step."
-
-
 cfg = ui.config_sidebar()
 st.title("Gradient flow through time")
 st.caption("Backpropagation through time multiplies dL/dh_t by one Jacobian ∂h_t/∂h_{t-1} per step back, so its "
@@ -121,24 +112,27 @@ st.altair_chart(decay_chart(shown, rates), width="content")
 
 with st.expander("How this is measured"):
     st.markdown(
-        "- **Distance** k counts processing steps back from the *anchor*: the last step (in the direction's own "
-        "processing order) whose state still reaches the target. For `y[:, -1].sum()` that is t = T-1 of a forward "
-        "direction; a reverse direction runs from t = T-1 down to 0, so its distance grows with t. Steps after the "
-        "anchor cannot influence the target (structural zeros) and are not drawn.\n"
+        "- **Distance** k counts processing steps back from the *read step*: the step where the most gradient is "
+        "read directly (from y, h_n or the layer above). For `y[:, -1].sum()` that is t = T-1 of a forward "
+        "direction; a reverse direction runs from t = T-1 down to 0, so its distance grows with t. Steps that "
+        "cannot influence the target (structural zeros) are not drawn. Steps with a negative distance get their "
+        "gradient only from the layer above (a lower layer of a bidirectional model), not through this "
+        "direction's recurrence.\n"
         "- **‖dL/dh_t‖** is the total derivative's L2 norm over the batch and the hidden units, exactly the "
-        "explorer's hidden-state curve.\n"
-        "- **Rate**: the least-squares slope b of log10‖dL/dh_t‖ against k gives the per-step factor 10^b. Exact "
-        "zeros (underflow) and inf/NaN carry no magnitude and are left out of the fit, but stay on the chart as "
-        "markers.")
+        "explorer's hidden-state curve, at its true magnitude (also where float32 shows 0 or inf).\n"
+        "- **Rate**: the least-squares slope b of log10‖dL/dh_t‖ against k ≥ 0 gives the per-step factor 10^b. "
+        "Exact zeros and undefined (NaN) values carry no magnitude and are left out of the fit, but stay on the "
+        "chart as markers.")
 
-st.markdown("**Fitted per-step rate** ×r: each step further back multiplies ‖dL/dh_t‖ by about r (least squares "
-            "of log10‖dL/dh_t‖ against the distance; exact zeros and inf/NaN left out). Below 1 the gradient "
-            "vanishes with distance, above 1 it explodes.")
+st.markdown("**Fitted per-step rate** ×r: each step further back from the read step multiplies ‖dL/dh_t‖ by "
+            "about r (least squares of log10‖dL/dh_t‖ against the distance). Below 1 the gradient vanishes with "
+            "distance, above 1 it explodes.")
 metric_cols = st.columns(len(rates) or 1)
 for col, row in zip(metric_cols, rates.itertuples(index=False), strict=False):
-    zeros = f" · {row.zero_steps} zero step(s)" if row.zero_steps else ""
-    col.metric(cell_label(row.cell), _rate_text(row.rate), help=_rate_help(row.rate) + zeros,
-               border=True)
+    zeros = f" {row.zero_steps} step(s) are exactly 0 in {cfg.dtype}." if row.zero_steps else ""
+    col.metric(cell_label(row.cell), _rate_text(row.rate), help=describe_rate(row) + zeros, border=True)
+for row in rates.itertuples(index=False):
+    st.caption(f"{cell_label(row.cell)}: {describe_rate(row)}")
 
 st.subheader("Sweep: sequence length × weight scale")
 limits = Limits.from_env()
@@ -198,6 +192,8 @@ table = swept_rates.assign(cell=swept_rates["cell"].map(cell_label)).pivot(
 table.columns = ["cell", "T", *[f"scale {c:g}" for c in table.columns[2:]]]
 st.dataframe(table, hide_index=True, column_config={
     c: st.column_config.NumberColumn(c, format="%.4g", help="fitted rate per step") for c in table.columns[2:]})
-st.caption("Fitted rate per step for each cell (rows) and weight scale (columns). The LSTM's additive cell path "
-           "and the GRU's update gate let some gradient skip the repeated multiplication; the plain RNN's "
-           "gradient is multiplied by W_hh and the activation's slope at every step.")
+blank = "" if np.isfinite(swept_rates["rate"].astype(float)).all() else (
+    " A blank cell has no rate: fewer than two steps with a magnitude lie behind the read step (in a lower layer "
+    "the most gradient can enter at its last processed step).")
+st.caption("Fitted rate per step for each cell (rows) and weight scale (columns)." + blank
+           + describe_sweep(swept_rates))

@@ -23,12 +23,12 @@ from .errors import ConfigError, TargetError
 from .explain import explain
 from .report import DIRECTIONS, GradientReport
 
-PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "t", "distance", "norm", "relative",
-                   "exactly_zero", "underflow", "nonfinite")
+PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "t", "distance", "side", "norm",
+                   "log10_norm", "relative", "exactly_zero", "zero_cause", "underflow", "nonfinite")
 """Columns of `decay_profile` (and of `sweep`)."""
 RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "rate", "log10_rate", "log10_intercept",
-                "points",
-                "zero_steps", "nonfinite_steps", "anchor_norm")
+                "points", "zero_steps", "nonfinite_steps", "anchor_norm", "anchor_t", "peak_t", "peak_log10_norm",
+                "ahead_steps")
 """Columns of `decay_rates`."""
 GROUP_KEYS = ["cell", "seq_len", "weight_scale", "layer", "direction"]
 Progress = Callable[[float, str], None]
@@ -41,11 +41,14 @@ def cell_label(cell: str) -> str:
 
 
 def decay_profile(report: GradientReport) -> pd.DataFrame:
-    """One row per (layer, direction, step) reached by the target: distance from the anchor step vs ‖dL/dh_t‖.
+    """One row per (layer, direction, step) reached by the target: distance from the read step vs ‖dL/dh_t‖.
 
-    `norm` is the 2-norm of hidden_grad[layer, direction, :, t, :] over batch and hidden units (the report's
-    frame); `relative` divides by the norm at distance 0 (NaN when that is zero or not finite). Zeros
-    (underflow) and non-finite norms stay in the table, flagged, so a chart can mark them.
+    The anchor (distance 0) is the *read step*: the reached step where the most gradient is read directly (from y,
+    h_n or the layer above; the largest `direct_log10_norm`, the last in processing order on ties). Positive
+    distances count processing steps back from it — the side the recurrence carries the gradient to; negative ones
+    (side "ahead") are steps the gradient reaches only from the layer above (e.g. a lower layer of a bidirectional
+    model). `norm` is the dtype's value, `log10_norm` the true magnitude (finite where float32 underflowed or
+    overflowed), `relative` = true norm / true norm at the anchor. Zeros and non-finite rows stay, flagged.
     """
     cfg = report.config
     frame = report.frame
@@ -56,21 +59,25 @@ def decay_profile(report: GradientReport) -> pd.DataFrame:
         if reached.empty:
             continue
         forward = direction == DIRECTIONS[0]
-        anchor = int(reached.t.max()) if forward else int(reached.t.min())
+        anchor = _read_step(reached, forward)
         distance = (anchor - reached.t) if forward else (reached.t - anchor)
-        anchor_norm = float(reached.loc[reached.t == anchor, "norm"].iloc[0])
-        usable = math.isfinite(anchor_norm) and anchor_norm > 0
+        log10 = reached.log10_norm.astype(float).to_numpy()
+        anchor_log10 = float(reached.loc[reached.t == anchor, "log10_norm"].iloc[0])
         part = pd.DataFrame({
             "layer": int(layer),
             "direction": direction,
             "t": reached.t.astype(int).to_numpy(),
             "distance": distance.astype(int).to_numpy(),
             "norm": reached.norm.astype(float).to_numpy(),
+            "log10_norm": log10,
             "exactly_zero": reached.exactly_zero.astype(bool).to_numpy(),
+            "zero_cause": reached.zero_cause.astype(str).to_numpy(),
             "underflow": reached.underflow.astype(bool).to_numpy(),
             "nonfinite": reached.nonfinite.astype(bool).to_numpy(),
         })
-        part["relative"] = part.norm / anchor_norm if usable else math.nan
+        part["side"] = np.where(part.distance >= 0, "back", "ahead")
+        with np.errstate(over="ignore", invalid="ignore"):
+            part["relative"] = np.power(10.0, log10 - anchor_log10) if math.isfinite(anchor_log10) else math.nan
         parts.append(part.sort_values("distance"))
     if parts:
         out = pd.concat(parts, ignore_index=True)
@@ -82,19 +89,32 @@ def decay_profile(report: GradientReport) -> pd.DataFrame:
     return out[list(PROFILE_COLUMNS)].reset_index(drop=True)
 
 
-def fit_decay(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Least-squares line log10(norm) = intercept + slope·distance; returns (10**slope, intercept).
+def _read_step(reached: pd.DataFrame, forward: bool) -> int:
+    """The reached step with the most gradient read directly; the last in processing order on ties (or if none)."""
+    direct = reached.direct_log10_norm.astype(float).to_numpy()
+    steps = reached.t.astype(int).to_numpy()
+    order = np.argsort(steps if forward else -steps, kind="stable")  # processing order
+    direct, steps = direct[order], steps[order]
+    finite = np.isfinite(direct) | (direct == np.inf)
+    if not finite.any():
+        return int(steps[-1])
+    best = np.nanmax(np.where(finite, direct, -np.inf))
+    return int(steps[np.flatnonzero(finite & (direct == best))[-1]])
 
-    Only points with a finite distance and a finite norm > 0 count (exact zeros from underflow and inf/NaN are
-    excluded: they carry no magnitude). (NaN, NaN) when fewer than two distinct distances remain.
+
+def fit_log10_decay(distance: Sequence[float] | np.ndarray,
+                    log10_norm: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Least-squares line log10_norm = intercept + slope·distance; returns (10**slope, intercept).
+
+    Only points with a finite distance and a finite log10 norm count (exact zeros, -inf, and undefined NaN values
+    carry no magnitude). (NaN, NaN) when fewer than two distinct distances remain.
     """
     d = np.asarray(distance, dtype=float).reshape(-1)
-    n = np.asarray(norm, dtype=float).reshape(-1)
-    if d.shape != n.shape:
-        raise ValueError(f"distance and norm must have the same length, got {d.size} and {n.size}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        keep = np.isfinite(d) & np.isfinite(n) & (n > 0)
-    d, logn = d[keep], np.log10(n[keep])
+    logn = np.asarray(log10_norm, dtype=float).reshape(-1)
+    if d.shape != logn.shape:
+        raise ValueError(f"distance and log10_norm must have the same length, got {d.size} and {logn.size}")
+    keep = np.isfinite(d) & np.isfinite(logn)
+    d, logn = d[keep], logn[keep]
     if d.size < 2 or np.unique(d).size < 2:
         return math.nan, math.nan
     dc = d - d.mean()
@@ -102,37 +122,94 @@ def fit_decay(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np
     return float(10.0 ** slope), float(logn.mean() - slope * d.mean())
 
 
-def fit_decay_rate(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> float:
-    """The per-step factor by which the gradient norm changes per step further from the target.
+def _log10(norm: Sequence[float] | np.ndarray) -> np.ndarray:
+    n = np.asarray(norm, dtype=float).reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, np.log10(np.where(n > 0, n, 1.0)), np.where(np.isnan(n), np.nan, -np.inf))
 
-    Least-squares fit of log10(norm) = a + b·distance over the points whose norm is finite and > 0 (exact zeros,
-    i.e. underflow, and inf/NaN are excluded); returns 10**b. So 0.5 means "halves every step back" (vanishing),
-    1 means constant, 2 means "doubles every step back" (exploding). NaN when fewer than two distinct distances
-    remain.
+
+def fit_decay(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """`fit_log10_decay` on plain norms: points with a norm that is 0, inf or NaN are excluded."""
+    return fit_log10_decay(distance, _log10(norm))
+
+
+def fit_decay_rate(distance: Sequence[float] | np.ndarray, norm: Sequence[float] | np.ndarray) -> float:
+    """The per-step factor by which a gradient norm changes per step further from the read step.
+
+    Least-squares fit of log10(norm) = a + b·distance over the points whose norm is finite and > 0; returns 10**b.
+    So 0.5 means "halves every step back" (vanishing), 1 constant, 2 "doubles every step back" (exploding). NaN
+    when fewer than two distinct distances remain.
     """
     return fit_decay(distance, norm)[0]
 
 
 def decay_rates(profile: pd.DataFrame) -> pd.DataFrame:
-    """The fitted per-step rate (see `fit_decay_rate`) for each (cell, seq_len, weight_scale, layer, direction)."""
+    """Per (cell, seq_len, weight_scale, layer, direction): the rate fitted on the side the gradient travels.
+
+    The fit uses the true magnitudes (`log10_norm`) of the steps at distance >= 0 from the read step (`anchor_t`);
+    `peak_t` is where the true norm is largest over all reached steps (it differs from the anchor when the gradient
+    grows going back, or arrives from the layer above); `ahead_steps` counts the steps not fitted (distance < 0).
+    """
     rows = []
     for keys, group in profile.groupby(GROUP_KEYS, sort=False):
-        rate, intercept = fit_decay(group.distance.to_numpy(), group.norm.to_numpy())
-        norms = group.norm.to_numpy(dtype=float)
-        anchor = group.loc[group.distance == group.distance.min(), "norm"]
+        back = group[group.distance >= 0]
+        log10 = back.log10_norm.to_numpy(dtype=float)
+        rate, intercept = fit_log10_decay(back.distance.to_numpy(), log10)
+        anchor = group[group.distance == 0]
+        all_log10 = group.log10_norm.to_numpy(dtype=float)
+        usable = np.where(np.isnan(all_log10), -np.inf, all_log10)
+        peak = int(group.t.to_numpy()[int(np.argmax(usable))]) if np.isfinite(usable).any() else int(anchor.t.iloc[0])
         rows.append({
             **dict(zip(GROUP_KEYS, keys, strict=True)),
             "rate": rate,
             "log10_rate": math.log10(rate) if rate > 0 else math.nan,
             "log10_intercept": intercept,
-            "points": int((np.isfinite(norms) & (norms > 0)).sum()),
-            "zero_steps": int(group.exactly_zero.sum()),
-            "nonfinite_steps": int(group.nonfinite.sum()),
-            "anchor_norm": float(anchor.iloc[0]) if not anchor.empty else math.nan,
+            "points": int(np.isfinite(log10).sum()),
+            "zero_steps": int(back.exactly_zero.sum()),
+            "nonfinite_steps": int(back.nonfinite.sum()),
+            "anchor_norm": float(anchor.norm.iloc[0]) if not anchor.empty else math.nan,
+            "anchor_t": int(anchor.t.iloc[0]) if not anchor.empty else -1,
+            "peak_t": peak,
+            "peak_log10_norm": float(np.max(usable)) if usable.size else math.nan,
+            "ahead_steps": int((group.distance < 0).sum()),
         })
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in RATE_COLUMNS})
     return pd.DataFrame(rows)[list(RATE_COLUMNS)]
+
+
+def describe_rate(row) -> str:
+    """One sentence for one fitted rate, from its numbers: the read step, the direction back, the factor, the peak."""
+    toward = "t = 0" if row.direction == DIRECTIONS[0] else "t = T−1"
+    if not math.isfinite(row.rate) or row.rate <= 0:
+        text = (f"Too few steps with a magnitude behind the read step t = {row.anchor_t} (toward {toward}) to fit a "
+                "rate")
+    elif row.rate == 1:
+        text = f"From the read step t = {row.anchor_t} back toward {toward}, ‖dL/dh_t‖ keeps its size"
+    else:
+        steps = 1 / abs(math.log10(row.rate))
+        way = "shrinks" if row.rate < 1 else "grows"
+        text = (f"From the read step t = {row.anchor_t} back toward {toward}, ‖dL/dh_t‖ {way} ×{row.rate:.3g} per "
+                f"step (10× every {steps:.3g} steps)")
+    text += "; it peaks at " + (f"t = {row.peak_t}, the read step" if row.peak_t == row.anchor_t else
+                                f"t = {row.peak_t}, not at the read step")
+    if row.ahead_steps:
+        text += (f". {row.ahead_steps} step(s) on the other side get their gradient only from the layer above; "
+                 "they are drawn (negative distance) but not fitted")
+    return text + "."
+
+
+def describe_sweep(rates: pd.DataFrame) -> str:
+    """Which cell keeps its gradient closest to a constant size in a sweep (median fitted rate nearest 1), or ""."""
+    rate = rates["rate"].astype(float)
+    fitted = rates[np.isfinite(rate) & (rate > 0)]
+    if fitted["cell"].nunique() < 2:
+        return ""
+    medians = fitted.groupby("cell", sort=False)["rate"].median()
+    order = np.abs(np.log10(medians.to_numpy(dtype=float))).argsort(kind="stable")
+    best, worst = medians.index[order[0]], medians.index[order[-1]]
+    return (f" In this sweep {cell_label(best)} keeps its gradient closest to a constant size (median rate "
+            f"×{medians[best]:.3g} per step) and {cell_label(worst)} the least (×{medians[worst]:.3g}).")
 
 
 def cell_config(base: ExplainConfig, cell: str, **changes: object) -> ExplainConfig:
@@ -199,7 +276,10 @@ __all__ = [
     "cell_label",
     "decay_profile",
     "decay_rates",
+    "describe_rate",
+    "describe_sweep",
     "fit_decay",
+    "fit_log10_decay",
     "fit_decay_rate",
     "profile_of",
     "sweep",

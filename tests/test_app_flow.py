@@ -103,6 +103,7 @@ def test_widget_changes_rerun_cleanly_and_go_to_the_url() -> None:
     assert not at.exception
     rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
     assert set(rows.layer) == {0}
+    at.selectbox(key="flow_layer").set_value(1).run()  # the top layer: its read step is the target's
     at.multiselect(key="flow.scale").set_value([0.25, 4.0]).run()
     at.multiselect(key="flow.T").set_value([5, 20]).run()
     at.multiselect(key="flow.cells").set_value(["rnn_tanh", "answer_gru"]).run()
