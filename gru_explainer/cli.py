@@ -197,33 +197,6 @@ def _option_hint(message: str) -> str:
     return f" (option {_option(found[0])})" if found else ""
 
 
-def _write_without_images(cfg: ExplainConfig, args: argparse.Namespace, limits: Limits | None) -> list[Path]:
-    """Explain `cfg` and write report.csv, report.json and verdict.md only: never imports the chart renderer.
-
-    The same files as `export.write_report(..., images=False)`, whose chart step asks for vl-convert-python even
-    when there is no chart to render.
-    """
-    from .explain import explain
-    from .export import CSV_NAME, JSON_NAME, VERDICT_NAME, ExportError, report_dict
-
-    heatmap = (args.heatmap_layer, args.heatmap_direction, args.heatmap_batch)
-    report = explain(cfg, engine=args.engine, limits=limits)
-    out = Path(args.out)
-    written = [out / CSV_NAME, out / JSON_NAME, out / VERDICT_NAME]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        report.frame.to_csv(written[0], index=False, na_rep="NaN")
-        document = report_dict(report)
-        document["heatmap"] = dict(zip(("layer", "direction", "batch"), heatmap, strict=True))
-        document["files"] = [p.name for p in written]
-        written[1].write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                              encoding="utf-8")
-        written[2].write_text(document["verdict"] + "\n", encoding="utf-8")
-    except OSError as err:
-        raise ExportError(f"cannot write to {out}: {err.strerror or err}") from err
-    return written
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 export failed, 2 bad input)."""
     from .export import ExportError, export_report
@@ -240,11 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _heatmap_error(args, cfg)
         if message is not None:
             explain_parser.error(message)
-        if args.no_images:
-            paths = _write_without_images(cfg, args, limits)
-        else:
-            paths = export_report(cfg, args.out, engine=args.engine, limits=limits, scale=args.scale,
-                                  heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch))
+        paths = export_report(cfg, args.out, engine=args.engine, limits=limits, scale=args.scale,
+                              heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch),
+                              images=not args.no_images)
     except TargetError as err:
         explain_parser.error(f"invalid --target: {err}")
     except ConfigError as err:

@@ -91,8 +91,12 @@ def report_dict(report: GradientReport) -> dict[str, Any]:
             "t": [int(t) for t in rows["t"]],
             "norm": [json_number(v) for v in rows["norm"]],
             "max_abs": [json_number(v) for v in rows["max_abs"]],
+            "log10_norm": [json_number(v) for v in rows["log10_norm"]],
+            "log10_max_abs": [json_number(v) for v in rows["log10_max_abs"]],
+            "direct_log10_norm": [json_number(v) for v in rows["direct_log10_norm"]],
             "exactly_zero": [bool(v) for v in rows["exactly_zero"]],
             "structurally_zero": [bool(v) for v in rows["structurally_zero"]],
+            "zero_cause": [str(v) for v in rows["zero_cause"]],
             "underflow": [bool(v) for v in rows["underflow"]],
             "nonfinite": [bool(v) for v in rows["nonfinite"]],
             "forward_nonfinite": [bool(v) for v in rows["forward_nonfinite"]],
@@ -126,7 +130,12 @@ def _renderer() -> Any:
 
 
 def render_charts(specs: dict[str, str], out_dir: Path, scale: float = DEFAULT_SCALE) -> list[Path]:
-    """Write each Vega-Lite spec as ``<name>.png`` (at `scale`) and ``<name>.svg``; returns the paths."""
+    """Write each Vega-Lite spec as ``<name>.png`` (at `scale`) and ``<name>.svg``; returns the paths.
+
+    No specs, no renderer: without charts vl-convert-python is never imported.
+    """
+    if not specs:
+        return []
     vlc = _renderer()
     written: list[Path] = []
     for name, spec in specs.items():
@@ -198,7 +207,7 @@ def write_report(report: GradientReport, out_dir: str | Path, *, scale: float = 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
     """Read an exported ``report.csv`` back with the report frame's dtypes."""
-    frame = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan"])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan"], dtype={"zero_cause": object})
     for column in ("exactly_zero", "structurally_zero", "underflow", "nonfinite", "forward_nonfinite"):
         frame[column] = frame[column].astype(bool)
     return frame
