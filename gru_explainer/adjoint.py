@@ -206,15 +206,16 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     zeros = states.new_zeros(batch, hidden)
 
     if kind == "gru":
-        gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
-        gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(gi_r + gh_r)  # reset gate
-        z = torch.sigmoid(gi_z + gh_z)  # update gate: ∂h/∂h_prev directly
-        n = torch.tanh(gi_n + r * gh_n)  # candidate
+        gi_g, gh_g = gi.view(seq_len, batch, 3, hidden), gh.view(seq_len, batch, 3, hidden)
+        rz = torch.sigmoid(gi_g[:, :, :2] + gh_g[:, :, :2])
+        r, z = rz[:, :, 0], rz[:, :, 1]  # reset gate; update gate (∂h/∂h_prev directly)
+        gh_n = gh_g[:, :, 2]
+        n = torch.tanh(torch.addcmul(gi_g[:, :, 2], r, gh_n))  # candidate
         a_n = (1 - z) * (1 - n * n)  # ∂h/∂(n pre-activation)
-        c_r = a_n * gh_n * r * (1 - r)  # ∂h/∂(r pre-activation)
-        c_z = (prev - n) * z * (1 - z)  # ∂h/∂(z pre-activation)
-        coef_hh = torch.stack([c_r, c_z, a_n * r], dim=2)  # ∂h/∂gh, per gate block: [T, B, 3, H]
+        coef_hh = torch.empty_like(gi_g)  # ∂h/∂gh per gate block, [T, B, 3, H], written in place (no stack copies)
+        torch.mul(a_n * gh_n, r * (1 - r), out=coef_hh[:, :, 0])  # ∂h/∂(r pre-activation)
+        torch.mul(prev - n, z * (1 - z), out=coef_hh[:, :, 1])  # ∂h/∂(z pre-activation)
+        torch.mul(a_n, r, out=coef_hh[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
         # |z| <= 1, |c_z| <= 1/2, |a_n r| <= 1, |c_r| <= |gh_n| / 4 <= (max row sum of |W_hn| + max |b_hn|) / 4
         w_hn, b_hn = w_hh[2 * hidden:], (b_hh[2 * hidden:] if b_hh is not None else w_hh.new_zeros(1))
         gain = 1 + w_sum * max(1.0, (float(w_hn.abs().sum(dim=1).max()) + float(b_hn.abs().max())) / 4)
@@ -272,10 +273,10 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     if every != 1 and _lost_precision(carried):
         return layer_adjoint(kind, inputs, states, params, direct_h if kind != "lstm" else
                              Scaled(direct_h.mantissa[..., :hidden], direct_h.exponent), final_c, every=1)
-    if kind == "gru":
-        coef_ih = torch.stack([c_r, c_z, a_n], dim=2)
-        d_gi = (hidden_grad.mantissa.unsqueeze(2) * coef_ih).view(seq_len, batch, 3 * hidden)
-        return LayerAdjoint(hidden_grad, None, Scaled(d_gi @ w_ih, exponent))
+    if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
+        d_gi = hidden_grad.mantissa.unsqueeze(2) * coef_hh
+        torch.mul(hidden_grad.mantissa, a_n, out=d_gi[:, :, 2])
+        return LayerAdjoint(hidden_grad, None, Scaled(d_gi.view(seq_len, batch, 3 * hidden) @ w_ih, exponent))
     if kind == "lstm":
         d_gi = torch.stack((cell_grad.mantissa,) * 3 + (hidden_grad.mantissa,), dim=2) * coef
         return LayerAdjoint(hidden_grad, cell_grad, Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent))
@@ -390,8 +391,10 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                 if lstm:
                     c_m[layer, d], c_v[layer, d] = order(result.cell_grad.mantissa), order(cell_values)
                 layer_grad = result.input_grad.flip(0) if d == 1 else result.input_grad
-                below = layer_grad if below is None else Scaled(*add_scaled(below.mantissa, below.exponent,
-                                                                                layer_grad.mantissa, layer_grad.exponent))
+                if below is not None:
+                    layer_grad = Scaled(*add_scaled(below.mantissa, below.exponent, layer_grad.mantissa,
+                                                    layer_grad.exponent))
+                below = layer_grad
                 below_bad = order(seen) if below_bad is None else below_bad | order(seen)
             input_values = below.value()
             direct, direct_bad = below, below_bad | _nonfinite_rows(input_values)
