@@ -17,6 +17,7 @@ PAGES = [
     ("app_pages/flow.py", "Gradient flow through time", ":material/trending_down:"),
     ("app_pages/graph.py", "Autograd graph", ":material/account_tree:"),
     ("app_pages/devices.py", "Devices & engines", ":material/memory:"),
+    ("app_pages/pitfalls.py", "Pitfalls", ":material/report_problem:"),
 ]
 
 

@@ -13,11 +13,11 @@ from .conftest import server_env
 from .helpers import page_url, visit
 
 pytestmark = pytest.mark.e2e
-EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices"]
+EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices", "pitfalls"]
 PAGES = app_pages(ROOT)
 
 
-def test_app_declares_the_five_pages():
+def test_app_declares_the_six_pages():
     assert [p.url_path for p in PAGES] == EXPECTED_PATHS
     missing = [p.file for p in PAGES if not (ROOT / p.file).exists()]
     assert not missing, f"app.py lists pages whose files do not exist (they are silently left out): {missing}"
