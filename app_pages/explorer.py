@@ -8,6 +8,7 @@ import streamlit as st
 
 import ui
 from gru_explainer import TargetError
+from gru_explainer.charts import unit_heatmap
 from gru_explainer.explain import compile_target
 from gru_explainer.report import DIRECTIONS
 from gru_explainer.snippet import reproduce_snippet
@@ -95,7 +96,8 @@ if report is None:
 
 st.subheader("Per-step gradient norm")
 log_scale = st.toggle("Log scale", value=True, key="gx_log",
-                      help="Zeros cannot sit on a log axis: they are drawn as markers on an 'exactly 0' line.")
+                      help="True magnitudes, also below / above the dtype's range; exact zeros cannot sit on a log "
+                           "axis, so they are drawn in a band below the plot, one shape per cause.")
 ui.report_chart(cfg, "norm", log_scale)
 
 st.subheader("Per unit: time × hidden unit")
@@ -107,7 +109,14 @@ c1, c2, c3 = st.columns(3)
 layer = c1.selectbox("Layer", layers, key="gx_hm_layer", help="y (the stacked output) belongs to the last layer.")
 direction = c2.selectbox("Direction", dirs, key="gx_hm_direction", format_func=DIRECTIONS.__getitem__)
 batch = c3.number_input("Batch item", 0, cfg.batch_size - 1, key="gx_hm_batch")
-ui.report_chart(cfg, "heatmap", layer, direction, int(batch))
+log_magnitude = st.toggle("Log magnitude", value=False, key="gx_hm_log",
+                          help="Colour by log10 |true value| instead of the signed value: vanishing gradients stay "
+                               "visible, also below the dtype's range (the sign is not shown).")
+if log_magnitude:
+    st.vega_lite_chart(spec=unit_heatmap(report.unit_frame(layer, direction, int(batch)), log_magnitude=True)
+                       .to_dict(), width="content")
+else:
+    ui.report_chart(cfg, "heatmap", layer, direction, int(batch))
 
 st.subheader("Which inputs matter")
 ui.report_chart(cfg, "input")

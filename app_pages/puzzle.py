@@ -136,8 +136,8 @@ st.markdown(
     "simply does not read. Its zeros say nothing about time at all.\n"
     "3. **When are gradients zero?** Exactly when there is no path from the tensor to the target: an output slice "
     "the target does not read, a state after the read step (or, in a reverse direction, before it), an input that "
-    "cannot matter. A zero *on* a path is numerical underflow (vanishing gradients), which the explorer marks "
-    "separately.")
+    "cannot matter. A zero *on* a path has another cause — a dead ReLU unit, a zero factor or an exact cancellation "
+    "in the target, or numerical underflow (vanishing gradients) — and the explorer marks each one differently.")
 with st.expander("The verdict for SecondModel, computed from its numbers"):
     st.markdown(second.verdict())
 

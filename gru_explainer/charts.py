@@ -25,28 +25,53 @@ SERIES = {
     "input": "dL/dx_t (input)",
 }
 """Legend labels per frame quantity: what each curve is, in the seed's notation."""
+SERIES_SHORT = {"stacked_output": "y.grad", "hidden_state": "dL/dh_t", "cell_state": "dL/dc_t", "input": "dL/dx_t"}
 SERIES_COLORS = {
-    "stacked_output": "#e45756",
-    "hidden_state": "#4c78a8",
-    "cell_state": "#54a24b",
-    "input": "#b279a2",
+    "stacked_output": "#D55E00",
+    "hidden_state": "#0072B2",
+    "cell_state": "#009E73",
+    "input": "#CC79A7",
 }
-"""Mid-luminance colours that read on both the light and the dark theme."""
+"""Okabe–Ito colours (colour-blind safe, ≥ 3:1 against white and against a dark #0e1117 background)."""
+SERIES_SHAPES = {"stacked_output": "diamond", "hidden_state": "circle", "cell_state": "triangle-right",
+                 "input": "circle"}
+"""Marker per series (redundant with colour): y.grad's diamond is drawn larger, hollow and on top."""
+SERIES_DASHES = {"stacked_output": [6, 3], "hidden_state": [1, 0], "cell_state": [2, 2], "input": [1, 0]}
+"""Line dash per series (redundant with colour)."""
+X_SHAPE = "M-1,-0.6L-0.6,-1L0,-0.4L0.6,-1L1,-0.6L0.4,0L1,0.6L0.6,1L0,0.4L-0.6,1L-1,0.6L-0.4,0Z"
+"""A filled ×, for undefined (non-finite) values."""
 STATUS = {
     "value": "non-zero",
-    "structural": "exactly 0: no path (structural)",
-    "underflow": "exactly 0: underflow",
-    "nonfinite": "non-finite (inf/NaN)",
+    "structural": "exactly 0: no graph path (structural)",
+    "zero_on_path": "exactly 0 on a path (dead unit, zero factor, cancellation)",
+    "underflow": "0 in {dtype} (underflow): drawn at its true size",
+    "overflow": "inf/NaN in {dtype}: drawn at its true size",
+    "nonfinite": "inf/NaN, no finite true value",
 }
-STATUS_SHAPES = {"value": "circle", "structural": "square", "underflow": "triangle-down", "nonfinite": "cross"}
+"""Marker legend per row status; {dtype} is filled in with the run's dtype."""
+STATUS_SHAPES = {"structural": "square", "zero_on_path": "cross", "underflow": "triangle-down",
+                 "overflow": "triangle-up", "nonfinite": X_SHAPE}
+"""One shape per cause (the cause comes from the core's zero_cause); values use their series' shape."""
+ZERO_STATUSES = ("structural", "zero_on_path")
+"""Exact zeros (true value 0): drawn in the band below the plot, never on the value axis."""
+DTYPE_LIMITS = {"float32": (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)),
+                "float64": (float(np.finfo(np.float64).tiny), float(np.finfo(np.float64).max))}
+"""Smallest normal and largest finite value per dtype: where the dashed 'range' lines go on log scale."""
 MAX_HEATMAP_CELLS = 6_000
 """Per heatmap panel; longer sequences are binned over time (each bin shows its value of largest magnitude)."""
 ALTAIR_MAX_ROWS = 5_000
 """Altair's default row limit for DataFrames; larger data sets are embedded as inline values instead."""
+BAND_GAP, BAND_STEP, TOP_BAND = 8, 11, 18
+"""Pixels: gap between the plot and the zero band, height of one band row (one per series), top band offset."""
+GUIDE_GRAY = "#888888"
+"""Non-text guides (dashed lines, band shading, legend symbols): mid gray reads on light and dark themes."""
+PLOT_LIMIT = 300.0
+"""|log10| beyond which a true magnitude cannot be plotted as a float64 on a log axis (shown in the band)."""
 
 
 PAD = alt.AutoSizeParams(type="pad")
 """Explicit autosize: without it Streamlit sizes a layered chart with "fit" and can squeeze its plot to a sliver."""
+
 
 def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
     """`rows` as chart data: the DataFrame itself when small, else inline JSON values (past Altair's row limit).
@@ -67,31 +92,149 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _status(rows: pd.DataFrame) -> pd.Series:
-    """One status key per row: nonfinite beats zero flags; zeros split into structural and underflow."""
-    status = pd.Series("value", index=rows.index, dtype=object)
-    status[rows["exactly_zero"] & rows["structurally_zero"]] = "structural"
-    status[rows["exactly_zero"] & ~rows["structurally_zero"]] = "underflow"
-    status[rows["nonfinite"]] = "nonfinite"
+def _fmt_log10(log10: float) -> str:
+    """The number 10**log10 as text, also far outside float64's range ("3.2e-412"); 0 for -inf."""
+    if math.isnan(log10):
+        return "NaN"
+    if math.isinf(log10):
+        return "inf" if log10 > 0 else "0"
+    exponent = math.floor(log10)
+    mantissa = 10.0 ** (log10 - exponent)
+    if mantissa >= 9.9995:  # rounding carried into the next decade
+        mantissa, exponent = 1.0, exponent + 1
+    if -4 <= exponent <= 5:
+        return f"{10.0 ** log10:.4g}"
+    return f"{mantissa:.4g}e{exponent:+03d}"
+
+
+def _true_log10(rows: pd.DataFrame, column: str = "log10_norm", value: str = "norm") -> np.ndarray:
+    """log10 of the TRUE magnitude per row: the core's column when present, else log10 of the dtype value."""
+    if column in rows:
+        return rows[column].astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = rows[value].astype(float).to_numpy()
+        return np.where(np.isfinite(values), np.log10(np.abs(values)), np.nan)
+
+
+def _row_status(rows: pd.DataFrame, log10: np.ndarray) -> np.ndarray:
+    """One status per row (see STATUS), from the core's zero_cause (or, for older frames, the zero flags)."""
+    dtype_value = rows["norm"].astype(float).to_numpy()
+    nonfinite = rows["nonfinite"].astype(bool).to_numpy() if "nonfinite" in rows else ~np.isfinite(dtype_value)
+    if "zero_cause" in rows:
+        cause = rows["zero_cause"].fillna("").astype(str).to_numpy()
+    else:  # older profile / frame columns
+        zero = rows["exactly_zero"].astype(bool).to_numpy()
+        structural = (rows["structurally_zero"].astype(bool).to_numpy() if "structurally_zero" in rows
+                      else np.zeros(len(rows), bool))
+        underflow = rows["underflow"].astype(bool).to_numpy() if "underflow" in rows else zero & ~structural
+        cause = np.where(zero & structural, "structural",
+                         np.where(zero & underflow, "underflow", np.where(zero, "zero_on_path", "")))
+    status = np.full(len(rows), "value", dtype=object)
+    status[cause == "structural"] = "structural"
+    status[cause == "zero_on_path"] = "zero_on_path"
+    status[cause == "underflow"] = "underflow"
+    status[nonfinite] = "overflow"
+    # No finite true magnitude: exact zeros go to the zero band, undefined / infinite ones to the top band.
+    status[(status == "underflow") & (log10 == -math.inf)] = "zero_on_path"
+    status[(status == "overflow") & ~np.isfinite(log10)] = "nonfinite"
+    status[(status == "value") & ~np.isfinite(log10) & (log10 != -math.inf)] = "nonfinite"
+    status[(status == "value") & (log10 == -math.inf)] = "zero_on_path"
     return status
 
 
-def norm_rows(frame: pd.DataFrame, log_scale: bool, quantities: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Per-step norm rows ready to plot: `plot_y` puts zeros on a floor (log scale) and non-finite on a ceiling.
+def infer_dtype(rows: pd.DataFrame, log10: np.ndarray | None = None) -> str:
+    """The run's dtype: `frame.attrs["dtype"]` when set, else what the out-of-range rows imply (default float32).
 
-    Columns: quantity, series, layer, layer_label, direction, t, norm (finite or None), norm_text, max_abs_text,
-    status, status_label, plot_y (where the marker goes), line_y (None where the line must break).
+    A row that underflowed (overflowed) with a true magnitude float64 can hold must come from a float32 run.
+    """
+    if rows.attrs.get("dtype") in DTYPE_LIMITS:
+        return str(rows.attrs["dtype"])
+    log10 = _true_log10(rows) if log10 is None else log10
+    status = _row_status(rows, log10)
+    lo, hi = (math.log10(v) for v in DTYPE_LIMITS["float64"])
+    beyond64 = ((status == "underflow") & (log10 < lo)) | ((status == "overflow") & (log10 > hi))
+    return "float64" if beyond64.any() else "float32"
+
+
+def _magnitude_layout(log10: np.ndarray, status: np.ndarray, log_scale: bool, linear_values: np.ndarray,
+                      dtype: str) -> dict:
+    """Where each row is drawn: value-axis position (plot_y) or band row, plus the value-axis domain and limits.
+
+    Log scale: every finite true magnitude on the axis (underflow below the dtype's range, overflow above),
+    exact zeros in the band below, undefined values in the band above. Linear scale: dtype values ≥ 0 on the
+    axis, zero causes in the band below, inf/NaN in the band above.
+    """
+    if log_scale:
+        on_axis = np.isfinite(log10) & (np.abs(log10) <= PLOT_LIMIT) & ~np.isin(status, ZERO_STATUSES)
+        below = ~on_axis & ((log10 < 0) | np.isin(status, ZERO_STATUSES))
+        above = ~on_axis & ~below
+    else:
+        finite = np.isfinite(linear_values)
+        on_axis = finite
+        below = finite & np.isin(status, (*ZERO_STATUSES, "underflow"))
+        above = ~finite
+    limits: list[tuple[float, str]] = []
+    if log_scale:
+        small, large = DTYPE_LIMITS.get(dtype, DTYPE_LIMITS["float32"])
+        drawn = log10[on_axis]
+        if (status[on_axis] == "underflow").any() or (drawn.size and drawn.min() < math.log10(small)):
+            limits.append((small, f"below {dtype}'s range"))
+        if (status[on_axis] == "overflow").any() or (drawn.size and drawn.max() > math.log10(large)):
+            limits.append((large, f"above {dtype}'s range"))
+        span = np.concatenate([drawn, [math.log10(v) for v, _ in limits]])
+        low, high = (math.floor(span.min()), math.ceil(span.max())) if span.size else (-3, 1)
+        if high - low < 1:
+            high = low + 1
+        margin = 0.04 * (high - low)  # keeps markers at the extremes inside the plot
+        domain = (10.0 ** max(low - margin, -PLOT_LIMIT - 7), 10.0 ** min(high + margin, PLOT_LIMIT + 7))
+        plot_y = np.where(on_axis, 10.0 ** np.clip(log10, -PLOT_LIMIT, PLOT_LIMIT), np.nan)
+    else:
+        top = float(linear_values[on_axis].max()) if on_axis.any() else 0.0
+        domain = (0.0, top * 1.05 if top > 0 else 1.0)
+        plot_y = np.where(on_axis, linear_values, np.nan)
+    return {"on_axis": on_axis & ~(below if not log_scale else np.zeros_like(on_axis)), "below": below,
+            "above": above, "plot_y": plot_y, "domain": domain, "limits": limits}
+
+
+def _band_rows(below: np.ndarray, above: np.ndarray, keys: pd.Series, order: list[str]) -> tuple[list, list[str]]:
+    """Band row per row (None: on the value axis; -1: the top band; 0, 1, …: one zero-band row per key present)."""
+    present = [k for k in order if (below & (keys.to_numpy() == k)).any()]
+    index = {k: i for i, k in enumerate(present)}
+    band = [(-1 if a else index[k] if b else None) for k, b, a in zip(keys, below, above, strict=True)]
+    return band, present
+
+
+def norm_rows(frame: pd.DataFrame, log_scale: bool, quantities: tuple[str, ...] | None = None,
+              dtype: str | None = None) -> pd.DataFrame:
+    """Per-step norm rows ready to plot, at their TRUE magnitudes (log10_norm) on log scale.
+
+    Columns: quantity, series, layer, layer_label, direction, t, norm (dtype value, finite or None), log10_norm,
+    norm_text, true_text, max_abs_text, status, status_label, marker (shape legend entry), plot_y (value-axis
+    position; the domain edge for band rows), line_y (None where the line breaks), band_row (None on the value
+    axis, -1 the inf/NaN band above the plot, 0.. one zero-band row per series below it).
+    attrs: domain (value axis), limits [(value, label)] of the dtype's range, band_labels, top_band, dtype.
     """
     quantities = quantities or ("stacked_output", "hidden_state", "cell_state")
-    rows = frame[frame["quantity"].isin(quantities)].copy()
-    status = _status(rows)
-    norm = rows["norm"].astype(float)
-    finite = np.isfinite(norm.to_numpy())
-    positive = norm[finite & (norm.to_numpy() > 0)]
-    floor, ceiling = _floor_ceiling(positive, log_scale)
-    plot_y = norm.where(status == "value")
-    plot_y[status.isin(["structural", "underflow"])] = floor
-    plot_y[status == "nonfinite"] = ceiling
+    rows = frame[frame["quantity"].isin(quantities)].reset_index(drop=True)
+    log10 = _true_log10(rows)
+    status = _row_status(rows, log10)
+    dtype = dtype or infer_dtype(frame, _true_log10(frame))
+    norm = rows["norm"].astype(float).to_numpy()
+    layout = _magnitude_layout(log10, status, log_scale, norm, dtype)
+    band, present = _band_rows(layout["below"], layout["above"], rows["quantity"], list(SERIES))
+    low, high = layout["domain"]
+    plot_y = np.where(np.isfinite(layout["plot_y"]), layout["plot_y"],
+                      np.where(layout["above"], high, low))
+    if log_scale:
+        line_y = np.where(np.isin(status, ("value", "underflow", "overflow")) & np.isfinite(layout["plot_y"]),
+                          layout["plot_y"], np.nan)
+    else:
+        line_y = np.where(np.isfinite(norm), norm, np.nan)  # zeros sit on the 0 line, inf/NaN break it
+    label = {k: v.format(dtype=dtype) for k, v in STATUS.items()}
+    if not log_scale:  # nothing is drawn at a true size below / above the dtype's range on a linear axis
+        label["underflow"] = f"0 in {dtype} (underflow; true size in the tooltip)"
+        label["overflow"] = f"inf/NaN in {dtype} (finite true size in the tooltip)"
+    max_abs = rows["max_abs"].astype(float)
     out = pd.DataFrame({
         "quantity": rows["quantity"],
         "series": rows["quantity"].map(SERIES),
@@ -100,20 +243,119 @@ def norm_rows(frame: pd.DataFrame, log_scale: bool, quantities: tuple[str, ...] 
         "direction": rows["direction"],
         "t": rows["t"].astype(int),
         "norm": [float(v) if math.isfinite(v) else None for v in norm],
+        "log10_norm": [float(v) if math.isfinite(v) else None for v in log10],
         "norm_text": [_fmt(v) for v in norm],
-        "max_abs_text": [_fmt(float(v)) for v in rows["max_abs"]],
+        "true_text": [_fmt_log10(v) for v in log10],
+        "max_abs_text": [_fmt_log10(v) for v in _true_log10(rows, "log10_max_abs", "max_abs")]
+        if "log10_max_abs" in rows else [_fmt(float(v)) for v in max_abs],
         "status": status,
-        "status_label": status.map(STATUS),
+        "status_label": _labels(status, label, log10, layout["on_axis"]),
+        "marker": [SERIES_SHORT[q] if s == "value" else text for q, s, text in zip(
+            rows["quantity"], status, _labels(status, label, log10, layout["on_axis"]), strict=True)],
         "plot_y": plot_y.astype(float),
-        "line_y": [float(v) if s == "value" or (s != "nonfinite" and not log_scale) else None
-                   for v, s in zip(plot_y, status, strict=True)],
+        "line_y": [float(v) if math.isfinite(v) else None for v in line_y],
+        "band_row": band,
     })
-    out.attrs.update(floor=floor, ceiling=ceiling)
-    return out.reset_index(drop=True)
+    out.attrs.update(domain=layout["domain"], limits=layout["limits"],
+                     band_labels=[f"{SERIES_SHORT[q]} = 0" for q in present], top_band=bool(layout["above"].any()),
+                     dtype=dtype, log_scale=log_scale)
+    return out
+
+
+def _labels(status: np.ndarray, label: dict[str, str], log10: np.ndarray, on_axis: np.ndarray) -> list[str]:
+    """Status labels per row; a finite true magnitude too far out to plot says so (its value is in the tooltip)."""
+    off = np.isfinite(log10) & ~on_axis & np.isin(status, ("underflow", "overflow"))
+    return [f"{label[s].split(':')[0]}: beyond 1e±{PLOT_LIMIT:.0f}, true size in the tooltip" if o else label[s]
+            for s, o in zip(status, off, strict=True)]
+
+
+def _band_height(rows: pd.DataFrame) -> int:
+    """Pixels below the plot taken by the zero band (0 without one)."""
+    count = len(rows.attrs["band_labels"])
+    return BAND_GAP + BAND_STEP * count + 2 if count else 0
+
+
+def _band_px(row: int, height: int) -> int:
+    """Pixel (from the plot's top) of band row `row` (-1: the top band)."""
+    return -TOP_BAND // 2 - 2 if row < 0 else height + BAND_GAP + BAND_STEP * row + BAND_STEP // 2
+
+
+def _value_px(value: float, rows: pd.DataFrame, height: int) -> int:
+    """Pixel (from the top) of `value` on the log value axis, whose domain the rows fix."""
+    low, high = (math.log10(v) for v in rows.attrs["domain"])
+    return round(height * (high - math.log10(value)) / (high - low))
+
+
+def _marker_scale(rows: pd.DataFrame, series_order: list[str]) -> alt.Scale:
+    """Shapes of the marker legend: each series' own shape, then one per cause present."""
+    present = list(dict.fromkeys(rows["marker"]))
+    domain, shapes = [], []
+    for quantity in series_order:
+        if SERIES_SHORT[quantity] in present:
+            domain.append(SERIES_SHORT[quantity])
+            shapes.append(SERIES_SHAPES[quantity])
+    for status in STATUS_SHAPES:
+        for label in dict.fromkeys(rows.loc[rows["status"] == status, "status_label"]):
+            if label in present:
+                domain.append(label)
+                shapes.append(STATUS_SHAPES[status])
+    return alt.Scale(domain=domain or ["none"], range=shapes or ["circle"])
+
+
+def _legend(title: str, **kwargs) -> alt.Legend:
+    """A top legend that wraps into columns (never one long row) and follows the theme's text colour."""
+    return alt.Legend(title=title, orient="top", direction="horizontal", labelLimit=280, symbolLimit=0, **kwargs)
+
+
+def _band_group(rows: pd.DataFrame, height: int, width: int, x: alt.X, color, shape, tooltip: list,
+                size: float = 55) -> alt.LayerChart | None:
+    """The layers drawn in pixel space beside the value axis: the zero band below the plot (one row per series,
+    shaded), the inf/NaN band above it, and the labels of those rows and of the dtype's range lines, all on one
+    right-hand axis (its labels follow the theme's text colour). None when there is nothing to draw."""
+    labels: dict[int, str] = {}
+    count = len(rows.attrs["band_labels"])
+    if count and rows.attrs.get("band_label"):
+        labels[(_band_px(0, height) + _band_px(count - 1, height)) // 2] = rows.attrs["band_label"]
+    else:
+        for i, text in enumerate(rows.attrs["band_labels"]):
+            labels[_band_px(i, height)] = text
+    if rows.attrs["top_band"]:
+        labels[_band_px(-1, height)] = "inf / NaN"
+    for value, text in rows.attrs["limits"]:
+        labels[_value_px(value, rows, height)] = text
+    if not labels:
+        return None
+    bottom = height + _band_height(rows)
+    top = -TOP_BAND if rows.attrs["top_band"] else 0
+    expr = "''"
+    for px, text in sorted(labels.items()):
+        expr = f"datum.value == {px} ? {json.dumps(text)} : {expr}"
+    band_y = dict(scale=alt.Scale(domain=[top, bottom], range=[top, bottom], nice=False, zero=False),
+                  axis=alt.Axis(orient="right", values=sorted(labels), labelExpr=expr, title=None, grid=False,
+                                ticks=False, domain=False, labelFontSize=10, labelPadding=4, labelLimit=160))
+    base = alt.Chart().properties(width=width, height=height)
+    layers: list[alt.Chart] = []
+    shade = base.transform_aggregate(n="count()").mark_rect(color=GUIDE_GRAY, opacity=0.12)
+    if rows.attrs["band_labels"]:
+        layers.append(shade.encode(x=alt.value(0), x2=alt.value(width),
+                                   y=alt.YDatum(height + BAND_GAP - 3, **band_y), y2=alt.Y2Datum(bottom)))
+    if rows.attrs["top_band"]:
+        layers.append(shade.encode(x=alt.value(0), x2=alt.value(width), y=alt.YDatum(top, **band_y),
+                                   y2=alt.Y2Datum(-2)))
+    rule = base.transform_aggregate(n="count()").mark_rule(color=GUIDE_GRAY, strokeDash=[5, 3], strokeWidth=1.2)
+    for value, _ in rows.attrs["limits"]:
+        layers.append(rule.encode(x=alt.value(0), x2=alt.value(width), y=alt.YDatum(_value_px(value, rows, height),
+                                                                                      **band_y)))
+    band_px = f"datum.band_row < 0 ? {_band_px(-1, height)} : {height + BAND_GAP + BAND_STEP // 2} + " \
+              f"{BAND_STEP} * datum.band_row"
+    points = base.transform_filter("isValid(datum.band_row)").transform_calculate(_band_px=band_px).mark_point(
+        size=min(size, 45), filled=True, opacity=0.95)
+    layers.append(points.encode(x=x, y=alt.Y("_band_px:Q", **band_y), color=color, shape=shape, tooltip=tooltip))
+    return alt.layer(*layers)
 
 
 def _floor_ceiling(positive: pd.Series, log_scale: bool) -> tuple[float, float]:
-    """Where zero markers (floor) and non-finite markers (ceiling) sit on the value axis."""
+    """Where zero markers (floor) and non-finite markers (ceiling) sit on a value axis (the devices chart)."""
     if positive.empty:
         return (1e-3, 10.0) if log_scale else (0.0, 1.0)
     low, high = float(positive.min()), float(positive.max())
@@ -122,82 +364,135 @@ def _floor_ceiling(positive: pd.Series, log_scale: bool) -> tuple[float, float]:
     return 0.0, high * 1.15
 
 
-def _tooltip(extra: list[alt.Tooltip] | None = None) -> list[alt.Tooltip]:
+def _tooltip(extra: list[alt.Tooltip] | None = None, dtype: str = "float32") -> list[alt.Tooltip]:
     return [
         alt.Tooltip("series:N", title="gradient"),
         *(extra or []),
         alt.Tooltip("t:Q", title="step t"),
-        alt.Tooltip("norm_text:N", title="L2 norm"),
+        alt.Tooltip("true_text:N", title="L2 norm (true)"),
+        alt.Tooltip("norm_text:N", title=f"L2 norm in {dtype}"),
         alt.Tooltip("max_abs_text:N", title="max |value|"),
         alt.Tooltip("status_label:N", title="status"),
     ]
 
 
-def _series_scale(quantities: list[str]) -> alt.Scale:
-    return alt.Scale(domain=[SERIES[q] for q in quantities], range=[SERIES_COLORS[q] for q in quantities])
+def _series_scales(quantities: list[str]) -> tuple[alt.Scale, alt.Scale]:
+    """Colour and dash scales of the series present (colour-blind safe, dash redundant with colour)."""
+    domain = [SERIES[q] for q in quantities]
+    return (alt.Scale(domain=domain, range=[SERIES_COLORS[q] for q in quantities]),
+            alt.Scale(domain=domain, range=[SERIES_DASHES[q] for q in quantities]))
 
 
-def _status_scale(statuses: list[str]) -> alt.Scale:
-    """Marker shapes for the statuses present (so the legend lists only what the chart shows)."""
-    statuses = statuses or ["value"]
-    return alt.Scale(domain=[STATUS[k] for k in statuses], range=[STATUS_SHAPES[k] for k in statuses])
+LOG_LABEL = ("datum.value >= 0.001 && datum.value < 100000 ? format(datum.value, '~g') "
+             ": format(datum.value, '.0e')")
+"""Log-axis tick labels: plain numbers near 1, else 1e-40 style."""
+
+
+def _log_ticks(domain: tuple[float, float]) -> list[float]:
+    """At most ~7 tick values over a log domain: every k-th decade, with 2× and 5× when it spans < 2 decades."""
+    low, high = math.ceil(math.log10(domain[0]) - 1e-9), math.floor(math.log10(domain[1]) + 1e-9)
+    step = next(k for k in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 10**9) if (high - low) / k <= 7)
+    low = math.ceil(low / step) * step
+    ticks = [10.0 ** k for k in range(low, high + 1, step)]
+    if high - low < 2:
+        ticks = sorted(t * m for t in [10.0 ** (low - 1), *ticks] for m in (1, 2, 5))
+    return [t for t in ticks if domain[0] <= t <= domain[1]]
+
+
+def _log_axis(rows: pd.DataFrame) -> alt.Axis:
+    """The log value axis: explicit decade ticks over the rows' fixed domain (no gridline in between)."""
+    return alt.Axis(values=_log_ticks(rows.attrs["domain"]), labelExpr=LOG_LABEL, labelOverlap=True)
+
+
+def _y_scale(rows: pd.DataFrame) -> alt.Scale:
+    """The value axis: log over the rows' fixed domain, or linear from exactly 0 (nothing drawn below 0)."""
+    if rows.attrs["log_scale"]:
+        return alt.Scale(type="log", domain=list(rows.attrs["domain"]), nice=False, clamp=False)
+    return alt.Scale(type="linear", domainMin=0, zero=True, nice=True)
 
 
 def _norm_layers(rows: pd.DataFrame, log_scale: bool, y_title: str, extra_tooltip: list[alt.Tooltip] | None,
                  width: int, height: int, embed_data: bool) -> alt.LayerChart:
-    """Line + status markers (+ the floor / ceiling guides) over `rows` (embedded, or supplied by a facet)."""
+    """Lines + markers on the value axis, and the zero / inf-NaN bands beside it, over `rows` (embedded, or
+    supplied by a facet). y.grad is drawn last, larger and hollow, so where it equals dL/dh_t both are seen."""
     quantities = [q for q in SERIES if q in set(rows["quantity"])]
-    statuses = [k for k in STATUS if k in set(rows["status"])]
-    # padding leaves room below the floor / zero line for the offset zero markers.
-    y_scale = alt.Scale(type="log", padding=14) if log_scale else alt.Scale(type="linear", zero=True, padding=14)
-    x = alt.X("t:Q", title="time step t", axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("plot_y:Q", title=y_title, scale=y_scale)
-    color = alt.Color("series:N", title="gradient", scale=_series_scale(quantities),
-                      legend=alt.Legend(orient="top", labelLimit=260))
-    shape = alt.Shape("status_label:N", title="marker", scale=_status_scale(statuses),
-                      legend=alt.Legend(orient="top", labelLimit=260))
-    base = (alt.Chart(chart_data(rows)) if embed_data else alt.Chart()).properties(width=width, height=height)
-    line = base.mark_line(strokeWidth=2, invalid="break-paths-filter-domains").encode(
-        x=x, y=alt.Y("line_y:Q", title=y_title, scale=y_scale), color=color, detail="series:N")
-    marker = dict(size=60, filled=True, opacity=0.95)
-    encoding = dict(x=x, y=y, color=color, shape=shape, tooltip=_tooltip(extra_tooltip))
-    points = base.transform_filter(alt.FieldOneOfPredicate(field="status", oneOf=["value", "nonfinite"])).mark_point(
-        **marker).encode(**encoding)
-    layers: list[alt.Chart] = [line, points]
-    # Exact zeros of different series would hide each other: each series gets its own row, a few pixels apart.
-    for i, quantity in enumerate(quantities):
-        zeros = base.transform_filter(
-            f"datum.quantity == '{quantity}' && (datum.status == 'structural' || datum.status == 'underflow')")
-        layers.append(zeros.mark_point(yOffset=5 * i, **marker).encode(**encoding))
-    guide = base.mark_rule(strokeDash=[4, 4], color="gray", opacity=0.7)
-    label = base.mark_text(align="left", baseline="bottom", dx=2, dy=-2, color="gray", fontSize=10)
-    if log_scale and {"structural", "underflow"} & set(statuses):
-        floor = alt.datum(rows.attrs["floor"])
-        layers += [guide.encode(y=floor), label.encode(x=alt.value(0), y=floor, text=alt.value("exactly 0"))]
-    if "nonfinite" in statuses:
-        ceiling = alt.datum(rows.attrs["ceiling"])
-        layers += [guide.encode(y=ceiling), label.encode(x=alt.value(0), y=ceiling, text=alt.value("inf / NaN"))]
-    return alt.layer(*layers)
+    dtype = rows.attrs["dtype"]
+    y_scale = _y_scale(rows)
+    band_height = _band_height(rows)
+    x = alt.X("t:Q", title="time step t", scale=alt.Scale(nice=False, padding=8),
+              axis=alt.Axis(tickMinStep=1, format="d", offset=band_height))
+    y_axis = _log_axis(rows) if log_scale else alt.Axis(format="~g", labelOverlap=True)
+    color_scale, dash_scale = _series_scales(quantities)
+    color = alt.Color("series:N", scale=color_scale, legend=_legend("gradient", symbolType="stroke"))
+    dash = alt.StrokeDash("series:N", scale=dash_scale, legend=_legend("gradient", symbolType="stroke"))
+    shape = alt.Shape("marker:N", scale=_marker_scale(rows, quantities),
+                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
+    tooltip = _tooltip(extra_tooltip, dtype)
+    base = alt.Chart().properties(width=width, height=height)
+    steps = max(1, int(rows["t"].max()) - int(rows["t"].min()) + 1) if len(rows) else 1
+    size = float(np.clip((0.9 * width / steps) ** 2, 10, 55))  # markers shrink on long sequences
+    on_axis = base.transform_filter("!isValid(datum.band_row)")
+    line = base.mark_line(strokeWidth=2, clip=True, invalid="break-paths-filter-domains").encode(
+        x=x, y=alt.Y("line_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, strokeDash=dash,
+        detail="series:N")
+    encoding = dict(x=x, y=alt.Y("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color,
+                    shape=shape, tooltip=tooltip)
+    main: list[alt.Chart] = [line]
+    for quantity in sorted(quantities, key=lambda q: q == "stacked_output"):  # y.grad last: on top
+        mine = on_axis.transform_filter(alt.datum.quantity == quantity)
+        if quantity == "stacked_output":
+            main.append(mine.mark_point(size=2.7 * size, filled=False, strokeWidth=2 if size > 20 else 1.2,
+                                        opacity=1).encode(**encoding))
+        else:
+            main.append(mine.mark_point(size=size, filled=True, opacity=0.95).encode(**encoding))
+    data = {"data": chart_data(rows)} if embed_data else {}
+    band = _band_group(rows, height, width, x, color, shape, tooltip, size=size)
+    if band is None:
+        return alt.layer(*main, **data)
+    return alt.layer(alt.layer(*main), band, **data).resolve_scale(y="independent")
 
 
-def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool) -> alt.FacetChart:
-    """Per-step gradient norm of y.grad vs dL/dh_t (and dL/dc_t), one panel per layer (rows) and direction."""
-    rows = norm_rows(frame, log_scale)
+def _norm_title(rows: pd.DataFrame, what: str) -> list[str]:
+    """Subtitle lines naming the markers the rows really contain (derived from their statuses)."""
+    statuses = set(rows["status"])
+    parts = []
+    if statuses & set(ZERO_STATUSES) or (not rows.attrs["log_scale"] and "underflow" in statuses):
+        parts.append("the shaded band below the plot holds steps that are exactly 0 (one row per gradient, shape "
+                     "= cause)")
+    if rows.attrs["top_band"]:
+        parts.append("the band above holds inf/NaN steps")
+    for _, text in rows.attrs["limits"]:
+        parts.append(f"points past the dashed line are {text}, drawn at their true size")
+    lines = [what]
+    if parts:
+        lines.append(("; ".join(parts) + ".")[0].upper() + ("; ".join(parts) + ".")[1:])
+    return lines
+
+
+def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool, dtype: str | None = None) -> alt.FacetChart:
+    """Per-step gradient norm of y.grad vs dL/dh_t (and dL/dc_t), one panel per layer (rows) and direction.
+
+    Log scale plots true magnitudes (also below / above the dtype's range); `dtype` (default: inferred) names it.
+    """
+    rows = norm_rows(frame, log_scale, dtype=dtype)
+    # Every panel draws the same band rows (y.grad exists only in the last layer): one label for the band.
+    rows.attrs["band_label"] = "exactly 0"
     num_dirs = max(1, rows["direction"].nunique())
     y_title = "gradient norm" + (" (log scale)" if log_scale else "")
     layered = _norm_layers(rows, log_scale, y_title, [alt.Tooltip("layer_label:N", title="layer"),
                                                       alt.Tooltip("direction:N", title="direction")],
-                           width=560 if num_dirs == 1 else 330, height=170, embed_data=False)
+                           width=520 if num_dirs == 1 else 300, height=170, embed_data=False)
+    spacing = 16 + _band_height(rows) + (TOP_BAND if rows.attrs["top_band"] else 0)
     return layered.facet(
         data=chart_data(rows),
         row=alt.Row("layer_label:N", title=None, sort="descending", header=alt.Header(labelAngle=0, labelAlign="left")),
         column=alt.Column("direction:N", title=None, sort=["forward", "reverse"]),
+        spacing={"row": spacing, "column": 16},
     ).properties(
-        title=alt.Title("Where the gradient lands, per time step",
-                        subtitle=["y.grad is the partial derivative of the stacked output; dL/dh_t is the total "
-                                  "derivative the recurrence carries back through time.",
-                                  "Norm = L2 over batch × units at each step; exact zeros and inf/NaN are marked."]),
-    ).resolve_scale(y="shared")
+        title=alt.Title("Where the gradient lands, per time step", subtitle=_norm_title(
+            rows, "y.grad is the partial derivative of the stacked output; dL/dh_t is the total derivative the "
+                  "recurrence carries back through time. Norm = L2 over batch × units per step.")),
+    ).resolve_scale(y="independent")  # the domains are fixed, so the panels still share one value axis
 
 
 def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.LayerChart:
@@ -206,97 +501,182 @@ def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.Lay
     rows = norm_rows(frame[(frame["layer"] == last) & (frame["direction"] == "forward")], log_scale=False,
                      quantities=("stacked_output", "hidden_state"))
     y_title = "‖gradient‖ (L2 over batch × units)"
-    return _norm_layers(rows, False, y_title, None, width=640, height=260, embed_data=True).properties(
-        autosize=PAD,
-        title=alt.Title("y.grad is zero before the read step; the hidden states h_t are not",
-                        subtitle=f"Per-step gradient norm of target = {target}, "
-                                 f"last layer ({last}): squares mark exact zeros with no graph path."),
-    )
+    stacked = rows[rows["quantity"] == "stacked_output"]
+    read = stacked.loc[stacked["status"] == "value", "t"].tolist()
+    zero = stacked.loc[stacked["status"].isin(ZERO_STATUSES), "t"].tolist()
+    lines = [f"Per-step gradient norm of target = {target}, last layer ({last})."]
+    if read:
+        lines.append(f"y.grad (hollow diamonds) is non-zero only at t = {_steps(read)}"
+                     + (", where it equals dL/dh_t." if _equal_at(rows, read) else "."))
+    if zero:
+        lines.append(f"Squares in the band below: y.grad is exactly 0 at t = {_steps(zero)} (no graph path).")
+    return _norm_layers(rows, False, y_title, None, width=600, height=240, embed_data=True).properties(
+        autosize=PAD, title=alt.Title("y.grad is zero before the read step; the hidden states h_t are not",
+                                      subtitle=lines, anchor="start"))
+
+
+def _steps(steps: list[int]) -> str:
+    """Steps as text, runs shortened: [0, 1, 2, 3, 7] -> "0–3, 7"."""
+    runs: list[list[int]] = []
+    for t in sorted(steps):
+        if runs and t == runs[-1][-1] + 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def _equal_at(rows: pd.DataFrame, steps: list[int]) -> bool:
+    """Whether y.grad's norm equals dL/dh_t's (to 1e-6) at every one of `steps`."""
+    by = rows.set_index(["quantity", "t"])["norm"]
+    try:
+        return all(math.isclose(float(by[("stacked_output", t)]), float(by[("hidden_state", t)]), rel_tol=1e-6)
+                   for t in steps)
+    except (KeyError, TypeError):
+        return False
 
 
 def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
-    """Per-step norm of dL/dx_t: which inputs the target depends on (exact zeros marked, not hidden)."""
+    """Per-step norm of dL/dx_t: which inputs the target depends on (exact zeros in a band below, not hidden)."""
     rows = norm_rows(frame, log_scale=False, quantities=("input",))
-    base = alt.Chart(chart_data(rows)).properties(width=560, height=160)
-    x = alt.X("t:O", title="time step t", axis=alt.Axis(labelOverlap=True))
+    height, width = 160, 560
+    base = alt.Chart().properties(width=width, height=height)
+    band_height = _band_height(rows)
+    steps = int(rows["t"].max()) + 1 if len(rows) else 1
+    every = next(k for k in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000, 10**9) if steps / k <= 20)
+    x = alt.X("t:O", title="time step t", axis=alt.Axis(values=list(range(0, steps, every)), labelAngle=0,
+                                                         offset=band_height))
     y_title = "‖dL/dx_t‖ (L2 over batch × features)"
-    bars = base.mark_bar(color=SERIES_COLORS["input"]).encode(
-        x=x, y=alt.Y("line_y:Q", title=y_title, scale=alt.Scale(zero=True)), tooltip=_tooltip())
-    markers = base.transform_filter(alt.datum.status != "value").mark_point(size=70, filled=True).encode(
-        x=x, y=alt.Y("plot_y:Q", title=y_title),
-        shape=alt.Shape("status_label:N", title="marker", legend=alt.Legend(orient="top"),
-                        scale=_status_scale([k for k in STATUS if k != "value" and k in set(rows["status"])])),
-        color=alt.value(SERIES_COLORS["input"]), tooltip=_tooltip())
-    return alt.layer(bars, markers).properties(
-        autosize=PAD,
-        title=alt.Title("Which inputs the target depends on", subtitle="Norm of the input gradient per step; "
-                        "a structural zero means x_t cannot influence the target (causality, direction)."),
-    )
+    bars = base.mark_bar(color=SERIES_COLORS["input"], clip=True).encode(
+        x=x, y=alt.Y("line_y:Q", title=y_title, scale=_y_scale(rows)), tooltip=_tooltip())
+    statuses = [s for s in STATUS_SHAPES if s in set(rows["status"])]
+    labels = [rows.loc[rows["status"] == s, "status_label"].iloc[0] for s in statuses]
+    shape = alt.Shape("status_label:N", scale=alt.Scale(domain=labels or ["none"],
+                                                        range=[STATUS_SHAPES[s] for s in statuses] or ["circle"]),
+                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY))
+    rows.attrs["band_labels"] = ["dL/dx_t = 0"] if rows.attrs["band_labels"] else []
+    band = _band_group(rows, height, width, x, alt.value(SERIES_COLORS["input"]), shape, _tooltip())
+    data = chart_data(rows)
+    chart = alt.layer(bars, data=data) if band is None else alt.layer(bars, band, data=data).resolve_scale(
+        y="independent")
+    subtitle = ["Norm of the input gradient per step; markers in the band below are steps where it is 0."]
+    for status, text in (("structural", "no graph path (x_t cannot influence the target: causality, direction)"),
+                         ("zero_on_path", "exactly 0 on a path"),
+                         ("underflow", f"0 in {rows.attrs['dtype']} although the true value is not (underflow)")):
+        steps_of = rows.loc[rows["status"] == status, "t"].tolist()
+        if steps_of:
+            subtitle.append(f"t = {_steps(steps_of)}: {text}.")
+    return chart.properties(autosize=PAD, title=alt.Title("Which inputs the target depends on", subtitle=subtitle,
+                                                          anchor="start"))
 
 
 def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -> tuple[pd.DataFrame, int]:
-    """Heatmap cells (quantity, series, t, unit, value, value_text), binned over time to at most `max_cells`.
+    """Heatmap cells (quantity, series, t, unit, value, log10_magnitude, value_text, nonfinite, zero), binned over
+    time to at most `max_cells`.
 
     Returns the rows and the bin width in steps (1 = no binning); a bin shows its value of largest magnitude.
+    log10_magnitude is the true log10 |value| (the core's column; else from the value): None where 0 or inf/NaN.
     """
     frame = unit_frame.copy()
+    if "log10_magnitude" not in frame:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["log10_magnitude"] = np.log10(frame["value"].astype(float).abs())
     steps = int(frame["t"].max()) + 1 if len(frame) else 1
     units = int(frame["unit"].max()) + 1 if len(frame) else 1
     stride = max(1, math.ceil(steps * units / max_cells))
     if stride > 1:
         frame["t"] = (frame["t"] // stride) * stride
-        frame["_key"] = frame["value"].abs().fillna(np.inf)
+        magnitude = frame["log10_magnitude"].astype(float)
+        frame["_key"] = magnitude.where(np.isfinite(frame["value"].astype(float)), np.inf).fillna(np.inf)
         idx = frame.groupby(["quantity", "t", "unit"], sort=False)["_key"].idxmax()
         frame = frame.loc[idx].drop(columns="_key")
     values = frame["value"].astype(float)
+    magnitude = frame["log10_magnitude"].astype(float)
     return pd.DataFrame({
         "quantity": frame["quantity"].to_numpy(),
         "series": frame["quantity"].map(SERIES).to_numpy(),
         "t": frame["t"].astype(int).to_numpy(),
         "unit": frame["unit"].astype(int).to_numpy(),
         "value": [v if math.isfinite(v) else None for v in values],
+        "log10_magnitude": [m if math.isfinite(m) else None for m in magnitude],
         "value_text": [_fmt(v) for v in values],
-        "nonfinite": ~np.isfinite(values.to_numpy()),
+        "magnitude_text": [_fmt_log10(m) for m in magnitude],
+        "nonfinite": ~np.isfinite(values.to_numpy()) & ~np.isfinite(magnitude.to_numpy()),
+        "zero": (magnitude == -math.inf).to_numpy(),
     }), stride
 
 
-def unit_heatmap(unit_frame: pd.DataFrame) -> alt.FacetChart:
-    """Time × hidden unit heatmaps, one panel per quantity, diverging colour centred on 0 (non-finite crossed)."""
+def heatmap_domain(rows: pd.DataFrame) -> list[float]:
+    """The linear heatmap's colour domain: symmetric [-m, m] around 0, m = the largest finite |value| (1 if none)."""
+    values = pd.to_numeric(rows["value"], errors="coerce").abs()
+    m = float(values.max()) if values.notna().any() else 0.0
+    m = m if m > 0 else 1.0
+    return [-m, m]
+
+
+def unit_heatmap(unit_frame: pd.DataFrame, log_magnitude: bool = False) -> alt.FacetChart:
+    """Time × hidden unit heatmaps, one panel per quantity: the signed value on a diverging scale symmetric around
+    0, or (`log_magnitude`) log10 |true value| so vanishing gradients stay visible; non-finite crossed."""
     rows, stride = heatmap_rows(unit_frame)
     quantities = [q for q in SERIES if q in set(rows["quantity"])]
     tooltip = [alt.Tooltip("series:N", title="gradient"), alt.Tooltip("t:Q", title="step t"),
-               alt.Tooltip("unit:Q", title="hidden unit"), alt.Tooltip("value_text:N", title="value")]
+               alt.Tooltip("unit:Q", title="hidden unit"), alt.Tooltip("value_text:N", title="value"),
+               alt.Tooltip("magnitude_text:N", title="|value| (true)")]
     x = alt.X("t:O", title="time step t" + (f" (bins of {stride})" if stride > 1 else ""),
               axis=alt.Axis(labelOverlap=True))
     y = alt.Y("unit:O", title="hidden unit", axis=alt.Axis(labelOverlap=True))
-    base = alt.Chart().properties(width=300, height=260)
-    cells = base.mark_rect().encode(
-        x=x, y=y, tooltip=tooltip,
-        color=alt.Color("value:Q", title="gradient value", scale=alt.Scale(scheme="redblue", domainMid=0),
-                        legend=alt.Legend(orient="right", gradientLength=200)),
-    )
-    crosses = base.transform_filter(alt.datum.nonfinite).mark_point(shape="cross", color="black", filled=True).encode(
-        x=x, y=y, tooltip=tooltip)
-    subtitle = ("Diverging colour centred on 0 (white = exactly 0); crosses mark inf/NaN. "
-                + (f"Each column shows the value of largest magnitude in {stride} steps." if stride > 1 else ""))
-    return alt.layer(cells, crosses).facet(
+    base = alt.Chart().properties(width=300 if len(quantities) <= 2 else 230, height=240)
+    legend = alt.Legend(orient="bottom", direction="horizontal", gradientLength=260, titleLimit=400)
+    if log_magnitude:
+        finite = pd.to_numeric(rows["log10_magnitude"], errors="coerce").dropna()
+        low, high = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 0.0)
+        high = high if high > low else low + 1
+        color = alt.Color("log10_magnitude:Q", title="log10 |gradient value| (true magnitude)",
+                          scale=alt.Scale(scheme="viridis", domain=[low, high]), legend=legend)
+        cells = base.transform_filter("isValid(datum.log10_magnitude)").mark_rect()
+        layers = [cells.encode(x=x, y=y, tooltip=tooltip, color=color)]
+        if rows["zero"].any():
+            layers.append(base.transform_filter(alt.datum.zero).mark_rect(color=GUIDE_GRAY, opacity=0.35).encode(
+                x=x, y=y, tooltip=tooltip))
+        subtitle = [f"Colour: log10 of the true |value| ({_fmt_log10(low)} to {_fmt_log10(high)}), also below the "
+                    "dtype's range; the sign is not shown."]
+        if rows["zero"].any():
+            subtitle.append("Gray cells are exactly 0.")
+    else:
+        color = alt.Color("value:Q", title="gradient value (diverging, symmetric around 0)",
+                          scale=alt.Scale(scheme="blueorange", domain=heatmap_domain(rows), domainMid=0),
+                          legend=legend)
+        layers = [base.mark_rect().encode(x=x, y=y, tooltip=tooltip, color=color)]
+        m = heatmap_domain(rows)[1]
+        subtitle = [f"Colour: the value on a diverging scale from −{_fmt(m)} (blue) through 0 (light) to {_fmt(m)} "
+                    "(orange)."]
+    if rows["nonfinite"].any():
+        layers.append(base.transform_filter(alt.datum.nonfinite).mark_point(
+            shape="cross", color=GUIDE_GRAY, filled=True).encode(x=x, y=y, tooltip=tooltip))
+        subtitle.append("Crosses mark inf/NaN.")
+    if stride > 1:
+        subtitle.append(f"Each column shows the value of largest magnitude in {stride} steps.")
+    return alt.layer(*layers).facet(
         data=chart_data(rows), column=alt.Column("series:N", title=None, sort=[SERIES[q] for q in quantities]),
-    ).properties(title=alt.Title("Gradient per time step and hidden unit", subtitle=subtitle.strip()))
+        spacing=12,
+    ).properties(title=alt.Title("Gradient per time step and hidden unit", subtitle=subtitle))
 
 
 # --- flow / devices charts ------------------------------------------------------------------------------------------
 # Pages 3 (gradient flow through time) and 5 (devices & engines). Inputs are the DataFrames of
 # `gru_explainer.flow` (decay_profile / sweep, decay_rates) and `gru_explainer.compare.compare`.
 
-CELL_COLORS = {"gru": "#4c78a8", "lstm": "#54a24b", "rnn_tanh": "#f58518", "rnn_relu": "#e45756",
-               "answer_gru": "#b279a2"}
+CELL_COLORS = {"gru": "#0072B2", "lstm": "#009E73", "rnn_tanh": "#E69F00", "rnn_relu": "#D55E00",
+               "answer_gru": "#CC79A7"}
+"""Okabe–Ito colours per cell (colour-blind safe); shapes and dashes repeat the distinction."""
+CELL_SHAPES = {"gru": "circle", "lstm": "diamond", "rnn_tanh": "triangle-right", "rnn_relu": "triangle-left",
+               "answer_gru": "wedge"}
+CELL_DASHES = {"gru": [1, 0], "lstm": [7, 3], "rnn_tanh": [3, 2], "rnn_relu": [8, 3, 2, 3], "answer_gru": [4, 4]}
 ENGINE_COLORS = {"fused": "#4c78a8", "twin": "#f58518"}
 DIFF_SERIES = {"hidden_grad_diff": "dL/dh_t (hidden_grad)", "stacked_grad_diff": "y.grad (stacked_grad)",
                "input_grad_diff": "dL/dx_t (input_grad)"}
-FLOW_STATUS = {"value": "non-zero", "underflow": "exactly 0: underflow", "nonfinite": "non-finite (inf/NaN)"}
 DIFF_STATUS = {"value": "non-zero", "zero": "exactly 0 (identical)", "nonfinite": "inf/NaN mismatch"}
 DIFF_SHAPES = {DIFF_STATUS["value"]: "circle", DIFF_STATUS["zero"]: "triangle-down", DIFF_STATUS["nonfinite"]: "cross"}
-FLOW_SHAPES = {"value": "circle", "underflow": "triangle-down", "nonfinite": "cross"}
 
 
 def _cell_scale(cells: list[str]) -> alt.Scale:
@@ -304,40 +684,61 @@ def _cell_scale(cells: list[str]) -> alt.Scale:
                      range=[CELL_COLORS.get(c, "#888888") for c in cells])
 
 
-def decay_rows(profile: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the decay chart: one per (cell, layer, direction, step) with marker positions for zeros / inf.
+def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
+    """Rows of the decay chart: one per (cell, layer, direction, step), at TRUE magnitudes when the profile has a
+    `log10_norm` column (underflow / overflow drawn where they are), exact zeros in a band below the plot.
 
-    Columns: cell, cell_label, layer, direction, t, distance, norm (finite or None), norm_text, status,
-    status_label, plot_y (zeros on a floor, non-finite on a ceiling, below / above every value), line_y
-    (None where the line must break).
+    Columns: cell, cell_label, seq_len, weight_scale, layer, direction, side ("back" / "ahead"; "back" for older
+    profiles), t, distance, norm (dtype value, finite or None), log10_norm, norm_text, true_text, status,
+    status_label, marker, plot_y (value-axis position; the domain edge for band rows: below / above every value),
+    line_y (finite non-zero dtype values only), true_line_y (every point on the value axis), band_row (None on the
+    axis, -1 the inf/NaN band above, 0.. one zero-band row per cell). attrs: as `norm_rows`.
     """
-    norm = profile["norm"].astype(float)
-    status = pd.Series("value", index=profile.index, dtype=object)
-    status[profile["exactly_zero"].astype(bool)] = "underflow"
-    status[profile["nonfinite"].astype(bool)] = "nonfinite"
-    finite = np.isfinite(norm.to_numpy())
-    floor, ceiling = _floor_ceiling(norm[finite & (norm.to_numpy() > 0)], log_scale=True)
-    plot_y = norm.where(status == "value")
-    plot_y[status == "underflow"] = floor
-    plot_y[status == "nonfinite"] = ceiling
+    rows = profile.reset_index(drop=True)
+    true = "log10_norm" in rows
+    log10 = _true_log10(rows)
+    status = _row_status(rows, log10)
+    if not true:  # older profiles: a zero on a path is underflow there, with no true magnitude to draw
+        status[(status == "zero_on_path") & rows["underflow"].astype(bool).to_numpy()] = "underflow"
+    dtype = dtype or (infer_dtype(rows, log10) if true else "float32")
+    layout = _magnitude_layout(log10, status, True, rows["norm"].astype(float).to_numpy(), dtype)
+    below = layout["below"] | (status == "underflow") & ~layout["on_axis"]
+    cells = list(dict.fromkeys(rows["cell"].astype(str)))
+    band, present = _band_rows(below, layout["above"] & ~below, rows["cell"].astype(str), cells)
+    low, high = layout["domain"]
+    on_axis = np.isfinite(layout["plot_y"])
+    plot_y = np.where(on_axis, layout["plot_y"], np.where(layout["above"] & ~below, high, low))
+    norm = rows["norm"].astype(float).to_numpy()
+    label = {k: v.format(dtype=dtype) for k, v in STATUS.items()}
+    if not true:
+        label["underflow"] = "exactly 0: underflow"
     out = pd.DataFrame({
-        "cell": profile["cell"].astype(str),
-        "cell_label": profile["cell"].map(lambda c: CELL_LABELS.get(c, c)),
-        "seq_len": profile["seq_len"].astype(int),
-        "weight_scale": profile["weight_scale"].astype(float),
-        "layer": profile["layer"].astype(int),
-        "direction": profile["direction"].astype(str),
-        "t": profile["t"].astype(int),
-        "distance": profile["distance"].astype(int),
+        "cell": rows["cell"].astype(str),
+        "cell_label": rows["cell"].map(lambda c: CELL_LABELS.get(c, c)),
+        "seq_len": rows["seq_len"].astype(int),
+        "weight_scale": rows["weight_scale"].astype(float),
+        "layer": rows["layer"].astype(int),
+        "direction": rows["direction"].astype(str),
+        "side": rows["side"].astype(str) if "side" in rows else "back",
+        "t": rows["t"].astype(int),
+        "distance": rows["distance"].astype(int),
         "norm": [float(v) if math.isfinite(v) else None for v in norm],
+        "log10_norm": [float(v) if math.isfinite(v) else None for v in log10],
         "norm_text": [_fmt(float(v)) for v in norm],
+        "true_text": [_fmt_log10(v) for v in log10],
         "status": status,
-        "status_label": status.map(FLOW_STATUS),
+        "status_label": _labels(status, label, log10, on_axis),
+        "marker": [CELL_LABELS.get(c, c) if s == "value" else text for c, s, text in zip(
+            rows["cell"], status, _labels(status, label, log10, on_axis), strict=True)],
         "plot_y": plot_y.astype(float),
         "line_y": [float(v) if s == "value" else None for v, s in zip(plot_y, status, strict=True)],
+        "true_line_y": [float(v) if ok else None for v, ok in zip(plot_y, on_axis, strict=True)],
+        "band_row": band,
     })
-    out.attrs.update(floor=floor, ceiling=ceiling)
-    return out.reset_index(drop=True)
+    out.attrs.update(domain=layout["domain"], limits=layout["limits"],
+                     band_labels=[f"{CELL_LABELS.get(c, c)} = 0" for c in present],
+                     top_band=bool((layout["above"] & ~below).any()), dtype=dtype, log_scale=True)
+    return out
 
 
 def fit_rows(rates: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
@@ -360,62 +761,78 @@ def fit_rows(rates: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "cell_label", "distance", "fit_y", "rate_text"])
 
 
-def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None) -> alt.LayerChart:
-    """‖dL/dh_t‖ vs distance from the target step, one line per cell on one log scale; zeros and inf/NaN marked.
+def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype: str | None = None) -> alt.LayerChart:
+    """‖dL/dh_t‖ vs distance from the target step, one line per cell on one log scale, at true magnitudes (when
+    the profile has them); exact zeros in a band below the plot, inf/NaN in a band above.
 
     `profile` holds one layer and direction (and one seq_len / weight_scale) per cell; `rates` (decay_rates of
-    it) adds the fitted geometric lines, dashed.
+    it) adds the fitted geometric lines, dotted.
     """
-    rows = decay_rows(profile)
+    rows = decay_rows(profile, dtype)
     cells = list(dict.fromkeys(rows["cell"]))
-    statuses = [k for k in FLOW_STATUS if k in set(rows["status"])]
-    scale = alt.Scale(type="log", padding=14)
+    height, width = 300, 620
+    band_height = _band_height(rows)
+    ahead = bool((rows["distance"] < 0).any())
+    x = alt.X("distance:Q", title="steps back from the target step (distance)" if not ahead else
+              "steps back from the read step (distance; negative: steps ahead of it)",
+              scale=alt.Scale(nice=False, padding=8), axis=alt.Axis(tickMinStep=1, format="d", offset=band_height))
     y_title = "‖dL/dh_t‖ (L2 over batch × units, log scale)"
-    x = alt.X("distance:Q", title="steps back from the target step (distance)",
-              axis=alt.Axis(tickMinStep=1, format="d"))
-    color = alt.Color("cell_label:N", title="cell", scale=_cell_scale(cells), legend=alt.Legend(orient="top"))
+    y_scale, y_axis = _y_scale(rows), _log_axis(rows)
+    color = alt.Color("cell_label:N", scale=_cell_scale(cells), legend=_legend("cell", symbolType="stroke"))
+    dash = alt.StrokeDash("cell_label:N", scale=alt.Scale(domain=[CELL_LABELS.get(c, c) for c in cells],
+                                                          range=[CELL_DASHES.get(c, [1, 0]) for c in cells]),
+                          legend=_legend("cell", symbolType="stroke"))
+    present = list(dict.fromkeys(rows["marker"]))
+    domain = [CELL_LABELS.get(c, c) for c in cells if CELL_LABELS.get(c, c) in present]
+    shapes = [CELL_SHAPES.get(c, "circle") for c in cells if CELL_LABELS.get(c, c) in present]
+    for status in STATUS_SHAPES:
+        for label in dict.fromkeys(rows.loc[rows["status"] == status, "status_label"]):
+            domain.append(label)
+            shapes.append(STATUS_SHAPES[status])
+    shape = alt.Shape("marker:N", scale=alt.Scale(domain=domain or ["none"], range=shapes or ["circle"]),
+                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
     tooltip = [alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("t:Q", title="step t"),
-               alt.Tooltip("distance:Q", title="steps back"), alt.Tooltip("norm_text:N", title="‖dL/dh_t‖"),
+               alt.Tooltip("distance:Q", title="steps back"), alt.Tooltip("true_text:N", title="‖dL/dh_t‖ (true)"),
+               alt.Tooltip("norm_text:N", title=f"‖dL/dh_t‖ in {rows.attrs['dtype']}"),
                alt.Tooltip("status_label:N", title="status")]
-    y_axis = alt.Axis(format="~g")
-    base = alt.Chart(rows).properties(width=620, height=300)
-    shape = alt.Shape("status_label:N", title="marker", legend=alt.Legend(orient="top"),
-                      scale=alt.Scale(domain=[FLOW_STATUS[k] for k in statuses],
-                                      range=[FLOW_SHAPES[k] for k in statuses]))
-    encoding = dict(x=x, y=alt.Y("plot_y:Q", title=y_title, scale=scale, axis=y_axis), color=color, shape=shape,
-                    tooltip=tooltip)
-    marker = dict(size=50, filled=True, opacity=0.95)
-    layers: list[alt.Chart] = [
-        base.mark_line(strokeWidth=2, invalid="break-paths-filter-domains").encode(
-            x=x, y=alt.Y("line_y:Q", title=y_title, scale=scale, axis=y_axis), color=color, detail="cell_label:N"),
-        base.transform_filter(alt.datum.status == "value").mark_point(**marker).encode(**encoding),
+    base = alt.Chart().properties(width=width, height=height)
+    steps = max(1, int(rows["distance"].max() - rows["distance"].min()) + 1) if len(rows) else 1
+    size = float(np.clip((0.9 * width / steps) ** 2, 10, 50))
+    main: list[alt.Chart] = [
+        base.mark_line(strokeWidth=2, clip=True, invalid="break-paths-filter-domains").encode(
+            x=x, y=alt.Y("true_line_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, strokeDash=dash,
+            detail="cell_label:N"),
+        base.transform_filter("!isValid(datum.band_row)").mark_point(size=size, filled=True, opacity=0.95).encode(
+            x=x, y=alt.Y("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, shape=shape,
+            tooltip=tooltip),
     ]
-    # Zeros (floor) and inf/NaN (ceiling) of different cells would hide each other: a few pixels apart per cell.
-    for i, cell in enumerate(cells):
-        special = base.transform_filter(f"datum.cell == '{cell}' && datum.status != 'value'")
-        layers.append(special.mark_point(yOffset=5 * i - 5 * (len(cells) - 1) / 2, **marker).encode(**encoding))
-    guide = base.mark_rule(strokeDash=[4, 4], color="gray", opacity=0.7)
-    label = base.mark_text(align="left", baseline="bottom", dx=2, dy=-2, color="gray", fontSize=10)
-    if "underflow" in statuses:
-        floor = alt.datum(rows.attrs["floor"])
-        layers += [guide.encode(y=floor), label.encode(x=alt.value(0), y=floor, text=alt.value("exactly 0"))]
-    if "nonfinite" in statuses:
-        ceiling = alt.datum(rows.attrs["ceiling"])
-        layers += [guide.encode(y=ceiling), label.encode(x=alt.value(0), y=ceiling, text=alt.value("inf / NaN"))]
     if rates is not None:
-        fits = fit_rows(rates, profile)
+        fitted_side = profile[profile["side"] == "back"] if "side" in profile else profile  # where the rate is fitted
+        fits = fit_rows(rates, fitted_side)
         if not fits.empty:
-            layers.append(alt.Chart(fits).mark_line(strokeDash=[6, 4], strokeWidth=1.2, opacity=0.8).encode(
-                x=x, y=alt.Y("fit_y:Q", title=y_title, scale=scale, axis=y_axis), color=color, detail="cell_label:N",
+            main.append(alt.Chart(fits).mark_line(strokeDash=[1, 3], strokeWidth=1.5, opacity=0.9, clip=True).encode(
+                x=x, y=alt.Y("fit_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, detail="cell_label:N",
                 tooltip=[alt.Tooltip("cell_label:N", title="cell"),
                          alt.Tooltip("rate_text:N", title="fitted rate per step")]))
-    return alt.layer(*layers).properties(
-        autosize=PAD,
-        title=alt.Title("How the hidden-state gradient changes with distance from the target step",
-                        subtitle=["Solid: ‖dL/dh_t‖ per step; dashed: the fitted geometric decay norm ≈ C·rate^k. "
-                                  "A straight line on this log scale means a constant per-step factor.",
-                                  "Triangles on the floor are exact zeros (underflow); crosses on the ceiling are "
-                                  "inf/NaN. Neither enters the fit."]))
+    band = _band_group(rows, height, width, x, color, shape, tooltip, size=size)
+    data = chart_data(rows)
+    chart = alt.layer(*main, data=data) if band is None else alt.layer(
+        alt.layer(*main).encode(x=x), band.encode(x=x), data=data).resolve_scale(y="independent")
+    subtitle = ["Solid/dashed per cell: ‖dL/dh_t‖ per step; dotted: the fitted geometric decay norm ≈ C·rate^k. "
+                "A straight line on this log scale means a constant per-step factor."]
+    notes = []
+    if rows["status"].isin(["underflow", "overflow"]).any() and rows.attrs["limits"]:
+        notes.append("points past the dashed line are outside " + rows.attrs["dtype"] + "'s range, drawn at their "
+                     "true size")
+    if rows.attrs["band_labels"]:
+        notes.append("the band below holds exact zeros")
+    if rows.attrs["top_band"]:
+        notes.append("the band above holds inf/NaN")
+    if notes:
+        text = "; ".join(notes) + "."
+        subtitle.append(text[0].upper() + text[1:])
+    return chart.properties(autosize=PAD, title=alt.Title(
+        "How the hidden-state gradient changes with distance from the target step", subtitle=subtitle))
 
 
 def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:

@@ -189,3 +189,21 @@ def test_an_invalid_shared_config_shows_the_error_not_a_traceback(at: AppTest) -
     at.session_state["gx_config"] = ExplainConfig(hidden_size=0, seq_len=10_000, cell="nope", device="tpu")
     run(at)
     assert at.error and "must be" in at.error[0].value
+
+
+def test_heatmap_log_magnitude_toggle(at: AppTest) -> None:
+    """The toggle switches the heatmap to the true log10 magnitudes of the same cells (the unit frame's)."""
+    run(at)
+    _, heat, _ = at.get("vega_lite_chart")
+    assert chart_spec(heat)["spec"]["layer"][0]["encoding"]["color"]["field"] == "value"
+    at.toggle(key="gx_hm_log").set_value(True)
+    run(at)
+    assert not at.error
+    _, heat, _ = at.get("vega_lite_chart")
+    spec, rows = chart_data(heat)
+    assert spec["spec"]["layer"][0]["encoding"]["color"]["field"] == "log10_magnitude"
+    units = explain(ExplainConfig()).unit_frame(1, 0, 0)
+    expected = units["log10_magnitude"].to_numpy()
+    expected = np.where(np.isfinite(expected), expected, np.nan)  # exact zeros (-inf) are drawn gray, not coloured
+    np.testing.assert_allclose(rows["log10_magnitude"].to_numpy(float), expected, rtol=1e-6)
+    assert rows["zero"].to_numpy(bool).tolist() == (units["log10_magnitude"] == -np.inf).tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,17 @@ from gru_explainer import ExplainConfig, explain
 from gru_explainer.charts import (
     MAX_HEATMAP_CELLS,
     STATUS,
+    STATUS_SHAPES,
+    _band_px,
     gradient_norm_chart,
+    heatmap_domain,
     heatmap_rows,
     input_grad_chart,
     norm_rows,
     puzzle_chart,
     unit_heatmap,
 )
+from gru_explainer.explain import Limits
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +33,22 @@ def lstm_report():
 
 
 @pytest.fixture(scope="module")
+def underflow_report():
+    """float32 tanh RNN at T = 400: early dL/dh_t are 0 in float32 but have true magnitudes down to ~1e-88."""
+    return explain(ExplainConfig(cell="rnn_tanh", hidden_size=32, seq_len=400, batch_size=2, dtype="float32",
+                                 target="y[:, -1].sum()"), limits=Limits.local())
+
+
+@pytest.fixture(scope="module")
 def special_frame(lstm_report) -> pd.DataFrame:
-    """The LSTM frame with an underflow zero, an inf and a NaN injected (what vanishing/exploding runs produce)."""
+    """The LSTM frame with one row of every kind a vanishing / exploding / dead run produces."""
     frame = lstm_report.frame.copy()
     hidden = frame.index[(frame.quantity == "hidden_state") & (frame.layer == 0) & (frame.direction == "forward")]
-    frame.loc[hidden[8], ["norm", "max_abs", "exactly_zero", "underflow"]] = [0.0, 0.0, True, True]
-    frame.loc[hidden[2], ["norm", "max_abs", "nonfinite"]] = [math.inf, math.inf, True]
-    frame.loc[hidden[3], ["norm", "max_abs", "nonfinite"]] = [math.nan, math.nan, True]
+    cols = ["norm", "max_abs", "log10_norm", "log10_max_abs", "exactly_zero", "underflow", "nonfinite", "zero_cause"]
+    frame.loc[hidden[8], cols] = [0.0, 0.0, -50.0, -50.5, True, True, False, "underflow"]
+    frame.loc[hidden[7], cols] = [0.0, 0.0, -math.inf, -math.inf, True, False, False, "zero_on_path"]
+    frame.loc[hidden[2], cols] = [math.inf, math.inf, 45.0, 44.0, False, False, True, ""]
+    frame.loc[hidden[3], cols] = [math.nan, math.nan, math.nan, math.nan, False, False, True, ""]
     return frame
 
 
@@ -63,6 +77,22 @@ def walk(node):
             yield from walk(value)
 
 
+def marker_shapes(s: dict) -> dict[str, str]:
+    """The marker legend's label -> shape."""
+    shape = next(n for n in walk(s) if n.get("field") == "marker" and "scale" in n)
+    return dict(zip(shape["scale"]["domain"], shape["scale"]["range"], strict=True))
+
+
+def point_layers(s: dict) -> list[dict]:
+    """Every point layer of a spec, in drawing order (later ones are drawn on top)."""
+    return [n for n in walk(s) if isinstance(n.get("mark"), dict) and n["mark"].get("type") == "point"]
+
+
+def band_scale(s: dict) -> dict:
+    """The pixel-space scale of the zero / inf-NaN bands."""
+    return next(n["scale"] for n in walk(s) if n.get("field") == "_band_px")
+
+
 def test_norm_chart_data_are_the_frame(lstm_report) -> None:
     for log_scale in (False, True):
         s = spec(gradient_norm_chart(lstm_report.frame, log_scale))
@@ -79,54 +109,178 @@ def test_norm_chart_data_are_the_frame(lstm_report) -> None:
         assert tooltips and s["title"]["text"]
 
 
-def test_log_scale_keeps_zeros_visible_and_distinguishes_them(special_frame) -> None:
+def test_log_scale_draws_true_magnitudes_and_bands(special_frame) -> None:
     rows = norm_rows(special_frame, log_scale=True)
-    positive = rows.loc[rows.status == "value", "plot_y"]
-    zeros = rows[rows.status.isin(["structural", "underflow"])]
-    assert len(zeros) > 0 and (zeros["plot_y"] > 0).all()  # drawable on a log axis
-    assert (zeros["plot_y"] < positive.min()).all()  # below every real value, on the "exactly 0" floor
-    assert set(zeros.status) == {"structural", "underflow"}
-    assert STATUS["structural"] != STATUS["underflow"]
+    by_status = {k: g for k, g in rows.groupby("status")}
+    assert set(by_status) == {"value", "structural", "zero_on_path", "underflow", "overflow", "nonfinite"}
+    # underflow and overflow at their true magnitudes, on the value axis, with the range lines drawn
+    assert by_status["underflow"].plot_y.item() == pytest.approx(1e-50, rel=1e-12)
+    assert by_status["overflow"].plot_y.item() == pytest.approx(1e45, rel=1e-12)
+    assert by_status["underflow"].band_row.isna().all() and by_status["overflow"].band_row.isna().all()
+    labels = [text for _, text in rows.attrs["limits"]]
+    assert labels == ["below float32's range", "above float32's range"]
+    low, high = rows.attrs["domain"]
+    assert low < 1e-50 and high > 1e45
+    # exact zeros in the zero band (rows 0..), undefined values in the band above (-1): never on the value axis
+    for status in ("structural", "zero_on_path"):
+        assert (by_status[status].band_row >= 0).all()
+        assert by_status[status].line_y.isna().all()
+    assert (by_status["nonfinite"].band_row == -1).all()
+    assert by_status["value"].band_row.isna().all()
+    assert sorted(by_status["nonfinite"].norm_text.tolist() + by_status["overflow"].norm_text.tolist()) == \
+        ["NaN", "inf"]
+    assert by_status["overflow"].true_text.item() == "1e+45"
+
+
+def test_zero_marks_sit_in_their_band(special_frame) -> None:
+    """The band scale maps rows to pixels below the plot (zeros) and above it (inf/NaN), outside the value axis."""
+    for log_scale in (True, False):
+        s = spec(gradient_norm_chart(special_frame, log_scale))
+        height = next(n["height"] for n in walk(s) if "height" in n)
+        scale = band_scale(s)
+        assert scale["domain"] == scale["range"]  # identity: the band rows are pixels
+        calc = next(n["calculate"] for n in walk(s) if n.get("as") == "_band_px")
+        top, first, step = map(int, re.fullmatch(
+            r"datum\.band_row < 0 \? (-?\d+) : (\d+) \+ (\d+) \* datum\.band_row", calc).groups())
+        rows = data(s)
+        assert set(rows.band_row.dropna()) == {-1, *range(3)}  # inf/NaN above; y.grad, dL/dh_t, dL/dc_t below
+        for band_row in rows.band_row.dropna().unique():
+            px = top if band_row < 0 else first + step * band_row
+            assert px == _band_px(int(band_row), height)
+            assert (px > height) if band_row >= 0 else (px < 0)
+            assert scale["domain"][0] <= px <= scale["domain"][1]
+        # the value-axis layers leave band rows out; the band layer draws exactly them
+        filters = [json.dumps(n["filter"]) for n in walk(s) if "filter" in n]
+        assert any("!isValid(datum.band_row)" in f for f in filters) and any(
+            f == '"isValid(datum.band_row)"' for f in filters)
+        axis = next(n["axis"] for n in walk(s) if n.get("field") == "_band_px")
+        assert axis["orient"] == "right" and "exactly 0" in axis["labelExpr"] and "inf / NaN" in axis["labelExpr"]
+
+
+def test_each_cause_gets_its_own_shape(special_frame) -> None:
     s = spec(gradient_norm_chart(special_frame, log_scale=True))
-    drawn = data(s)
-    assert (drawn.status == "underflow").sum() == 1
-    shape = next(n for n in walk(s) if n.get("field") == "status_label" and "scale" in n)
-    shapes = dict(zip(shape["scale"]["domain"], shape["scale"]["range"], strict=True))
-    assert len(set(shapes.values())) == len(shapes)  # structural, underflow, non-finite: different markers
-    texts = [n.get("text", {}).get("value") for n in walk(s) if isinstance(n.get("text"), dict)]
-    assert "exactly 0" in texts and "inf / NaN" in texts
-    # every zero and non-finite row is drawn by a marker layer: no filter drops them
-    filters = [n["filter"] for n in walk(s) if "filter" in n]
-    assert any("structural" in json.dumps(f) for f in filters) and any("nonfinite" in json.dumps(f) for f in filters)
+    shapes = marker_shapes(s)
+    assert len(set(shapes.values())) == len(shapes)
+    for status in ("structural", "zero_on_path", "underflow", "overflow", "nonfinite"):
+        label = STATUS[status].format(dtype="float32")
+        assert shapes[label] == STATUS_SHAPES[status]
+    assert {"y.grad", "dL/dh_t", "dL/dc_t"} <= set(shapes)  # series shapes, redundant with colour
+    rows = data(s)
+    for status in ("structural", "zero_on_path", "underflow", "overflow", "nonfinite"):
+        assert set(rows.loc[rows.status == status, "marker"]) == {STATUS[status].format(dtype="float32")}
 
 
-def test_non_finite_values_are_marked_not_dropped(special_frame) -> None:
-    for log_scale in (False, True):
-        rows = norm_rows(special_frame, log_scale)
-        bad = rows[rows.status == "nonfinite"]
-        assert sorted(bad.norm_text) == ["NaN", "inf"]
-        assert bad["norm"].isna().all()
-        assert (bad["plot_y"] == rows.attrs["ceiling"]).all()
-        assert rows.attrs["ceiling"] > rows.loc[rows.status == "value", "plot_y"].max()
-        assert bad["line_y"].isna().all()
+def test_underflow_points_are_drawn_at_their_true_magnitudes(underflow_report) -> None:
+    frame = underflow_report.frame
+    assert (frame.zero_cause == "underflow").any()
+    s = spec(gradient_norm_chart(frame, log_scale=True, dtype="float32"))
+    rows = data(s)
+    hidden = frame[frame.quantity != "input"].reset_index(drop=True)
+    under = (hidden.zero_cause == "underflow").to_numpy()
+    assert (rows.status[under] == "underflow").all() and rows.band_row[under].isna().all()
+    np.testing.assert_allclose(np.log10(rows.plot_y[under].to_numpy(float)), hidden.log10_norm[under], rtol=1e-9)
+    np.testing.assert_allclose(np.log10(rows.line_y[under].to_numpy(float)), hidden.log10_norm[under], rtol=1e-9)
+    assert (rows.plot_y[under] < np.finfo(np.float32).tiny).all()
+    assert "below float32's range" in json.dumps(s)
+    assert norm_rows(frame, True).attrs["dtype"] == "float32"  # inferred: float64 would have held these values
 
 
-def test_linear_scale_draws_zeros_at_zero(lstm_report) -> None:
+def test_linear_scale_draws_nothing_below_zero(special_frame, lstm_report) -> None:
+    for frame in (special_frame, lstm_report.frame):
+        for chart in (gradient_norm_chart(frame, False), puzzle_chart(frame), input_grad_chart(frame)):
+            s = spec(chart)
+            rows = data(s)
+            for column in ("plot_y", "line_y"):
+                values = rows[column].dropna().to_numpy(float)
+                assert (values >= 0).all(), column
+            value_scales = [n["scale"] for n in walk(s) if n.get("field") in ("plot_y", "line_y") and "scale" in n]
+            assert value_scales and all(sc["domainMin"] == 0 and "padding" not in sc for sc in value_scales)
+            assert not [n for n in walk(s) if "yOffset" in n]  # no marker pushed below the zero line
     rows = norm_rows(lstm_report.frame, log_scale=False)
     zeros = rows[rows.status == "structural"]
-    assert len(zeros) and (zeros.plot_y == 0).all() and (zeros.line_y == 0).all()
+    assert len(zeros) and (zeros.line_y == 0).all() and (zeros.band_row >= 0).all()
 
 
-def test_heatmap_is_diverging_around_zero(lstm_report) -> None:
+def _assert_ygrad_on_top(s: dict, read_steps: list[int]) -> None:
+    """y.grad's point layer is drawn after dL/dh_t's, larger and hollow; at the read steps both sit on the axis."""
+    layers = point_layers(s)
+    quantity_of = [next((m.group(1) for n in layer.get("transform", []) if isinstance(n.get("filter"), str)
+                         for m in [re.fullmatch(r"\(datum\.quantity === '(\w+)'\)", n["filter"])] if m), None)
+                   for layer in layers]
+    ygrad, hidden = quantity_of.index("stacked_output"), quantity_of.index("hidden_state")
+    assert ygrad > hidden
+    assert layers[ygrad]["mark"]["filled"] is False and layers[ygrad]["mark"]["size"] > layers[hidden]["mark"]["size"]
+    shapes = marker_shapes(s)
+    assert shapes["y.grad"] != shapes["dL/dh_t"]
+    rows = data(s)
+    for t in read_steps:
+        here = rows[(rows.t == t) & rows.quantity.isin(["stacked_output", "hidden_state"])]
+        assert here.band_row.isna().all() and set(here.marker) == {"y.grad", "dL/dh_t"}
+
+
+def test_ygrad_stays_visible_at_the_read_step() -> None:
+    report = explain(ExplainConfig.preset("seed-secondmodel"))
+    s = spec(puzzle_chart(report.frame, report.config.target))
+    _assert_ygrad_on_top(s, [9])
+    rows = data(s)
+    at9 = rows[rows.t == 9].set_index("quantity")
+    assert at9.loc["stacked_output", "plot_y"] == pytest.approx(at9.loc["hidden_state", "plot_y"])  # they coincide
+    subtitle = " ".join(s["title"]["subtitle"])
+    assert "non-zero only at t = 9, where it equals dL/dh_t" in subtitle and "exactly 0 at t = 0–8" in subtitle
+    for log_scale in (False, True):
+        last = report.frame[(report.frame.quantity == "hidden_state")]
+        _assert_ygrad_on_top(spec(gradient_norm_chart(report.frame, log_scale)), [int(last.t.max())])
+
+
+def test_puzzle_subtitle_follows_the_numbers() -> None:
+    report = explain(ExplainConfig.preset("seed-secondmodel").replace(target="y[:, 4].sum()"))
+    subtitle = " ".join(spec(puzzle_chart(report.frame, report.config.target))["title"]["subtitle"])
+    assert "non-zero only at t = 4, where it equals dL/dh_t" in subtitle
+    assert "exactly 0 at t = 0–3, 5–9" in subtitle
+
+
+def test_heatmap_is_diverging_and_symmetric_around_zero(lstm_report) -> None:
     unit_frame = lstm_report.unit_frame(1, 1, batch=1)
     s = spec(unit_heatmap(unit_frame))
     color = next(n for n in walk(s) if n.get("field") == "value" and "scale" in n)
-    assert color["scale"] == {"scheme": "redblue", "domainMid": 0}
+    m = float(unit_frame["value"].abs().max())
+    assert color["scale"]["domain"] == pytest.approx([-m, m]) and color["scale"]["domainMid"] == 0
+    assert color["legend"]["orient"] == "bottom"  # below the panels: it never adds width on the right
     assert s["facet"]["column"]["field"] == "series"
     rows = data(s)
     assert len(rows) == len(unit_frame)
     np.testing.assert_allclose(rows["value"].to_numpy(float), unit_frame["value"].to_numpy(), rtol=1e-12)
     assert set(rows["quantity"]) == {"stacked_output", "hidden_state", "cell_state"}
+    assert heatmap_domain(pd.DataFrame({"value": [0.0, None]})) == [-1.0, 1.0]
+
+
+def test_heatmap_log_magnitude_uses_true_magnitudes(underflow_report) -> None:
+    unit_frame = underflow_report.unit_frame(0, 0, 0)
+    assert (unit_frame["value"] == 0).any()  # underflowed in float32
+    rows, stride = heatmap_rows(unit_frame)
+    s = spec(unit_heatmap(unit_frame, log_magnitude=True))
+    color = next(n for n in walk(s) if n.get("field") == "log10_magnitude" and "scale" in n)
+    drawn = data(s)
+    assert color["scale"]["domain"] == pytest.approx([drawn.log10_magnitude.min(), drawn.log10_magnitude.max()])
+    assert drawn.log10_magnitude.min() < -80  # far below float32's range, still coloured
+    if stride == 1:
+        np.testing.assert_allclose(drawn.log10_magnitude.to_numpy(float), unit_frame.log10_magnitude, rtol=1e-12)
+    else:  # each bin keeps its largest true magnitude
+        binned = unit_frame.assign(t=unit_frame.t // stride * stride).groupby(["quantity", "t", "unit"],
+                                                                            sort=False).log10_magnitude.max()
+        got = drawn.set_index(["quantity", "t", "unit"]).log10_magnitude
+        np.testing.assert_allclose(got.loc[binned.index].to_numpy(float), binned.to_numpy(), rtol=1e-12)
+
+
+def test_lstm_heatmap_fits_the_explorer_with_its_legend() -> None:
+    """Three panels + legend render within the explorer's wide content width (legend below, never cut)."""
+    vlc = pytest.importorskip("vl_convert")
+    report = explain(ExplainConfig(cell="lstm"))
+    for log_magnitude in (False, True):
+        svg = vlc.vegalite_to_svg(json.dumps(unit_heatmap(report.unit_frame(1, 0), log_magnitude).to_dict()))
+        width = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
+        assert width <= 900, width
+        assert "gradient value" in svg or "log10" in svg
 
 
 def test_heatmap_marks_non_finite_and_bins_long_sequences() -> None:
@@ -182,9 +336,11 @@ def test_puzzle_chart_is_the_seed_answer() -> None:
 def test_specs_compile_and_render_in_vega(lstm_report, special_frame) -> None:
     """Every chart renders with the real Vega-Lite compiler (catches specs Altair accepts but Vega rejects)."""
     vlc = pytest.importorskip("vl_convert")
-    cases = [(gradient_norm_chart(special_frame, True), ["Where the gradient lands", "exactly 0", "inf / NaN"]),
-             (gradient_norm_chart(special_frame, False), ["Where the gradient lands", "inf / NaN"]),
+    cases = [(gradient_norm_chart(special_frame, True), ["Where the gradient lands", "exactly 0", "inf / NaN",
+                                                         "below float32's range", "above float32's range"]),
+             (gradient_norm_chart(special_frame, False), ["Where the gradient lands", "inf / NaN", "exactly 0"]),
              (unit_heatmap(lstm_report.unit_frame(0, 1)), ["Gradient per time step and hidden unit"]),
+             (unit_heatmap(lstm_report.unit_frame(0, 1), log_magnitude=True), ["log10 |gradient value|"]),
              (input_grad_chart(lstm_report.frame), ["Which inputs the target depends on"]),
              (puzzle_chart(lstm_report.frame), ["y.grad is zero before the read step"])]
     for chart, texts in cases:
@@ -192,3 +348,32 @@ def test_specs_compile_and_render_in_vega(lstm_report, special_frame) -> None:
         assert svg.startswith("<svg")
         for text in texts:
             assert text in svg, text
+
+
+def test_decay_rows_use_true_magnitudes_and_the_zero_band() -> None:
+    """With the profile's log10_norm / zero_cause / side, underflow is drawn at its true size and exact zeros sit
+    in the band; an older profile (no log10_norm) still works, its zeros in the band."""
+    from gru_explainer.charts import decay_chart, decay_rows
+
+    base = pd.DataFrame({"cell": "gru", "seq_len": 6, "weight_scale": 1.0, "layer": 0, "direction": "forward",
+                         "t": [5, 4, 3, 2, 1, 0], "distance": [0, 1, 2, 3, 4, -1],
+                         "norm": [1.0, 0.1, 0.0, 0.0, math.nan, 0.5],
+                         "relative": 1.0, "exactly_zero": [False, False, True, True, False, False],
+                         "underflow": [False, False, True, False, False, False],
+                         "nonfinite": [False, False, False, False, True, False]})
+    extended = base.assign(log10_norm=[0.0, -1.0, -50.0, -math.inf, math.nan, math.log10(0.5)],
+                           zero_cause=["", "", "underflow", "zero_on_path", "", ""],
+                           side=["back", "back", "back", "back", "back", "ahead"])
+    rows = decay_rows(extended)
+    assert rows.status.tolist() == ["value", "value", "underflow", "zero_on_path", "nonfinite", "value"]
+    assert rows.plot_y[2] == pytest.approx(1e-50) and math.isnan(rows.band_row[2])
+    assert rows.true_line_y[2] == pytest.approx(1e-50)
+    assert rows.band_row[3] == 0 and rows.band_row[4] == -1
+    assert rows.side.tolist()[-1] == "ahead" and rows.distance.tolist()[-1] == -1
+    s = spec(decay_chart(extended))
+    assert "below float32's range" in json.dumps(s) and "negative: steps ahead" in json.dumps(s)
+    old = decay_rows(base)
+    assert old.status.tolist() == ["value", "value", "underflow", "zero_on_path", "nonfinite", "value"]
+    assert old.band_row[2] == 0 and old.band_row[3] == 0 and old.band_row[4] == -1  # no true size: in the band
+    assert (old.plot_y[[2, 3]] < old.plot_y[old.status == "value"].min()).all()
+    spec(decay_chart(base))
