@@ -571,7 +571,8 @@ def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
 
 
 def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -> tuple[pd.DataFrame, int]:
-    """Heatmap cells (quantity, series, t, unit, value, log10_magnitude, value_text, nonfinite, zero), binned over
+    """Heatmap cells (quantity, series, t, unit, value, log10_magnitude, value_text, nonfinite (no true size either),
+    value_nonfinite (inf/NaN in the dtype), zero), binned over
     time to at most `max_cells`.
 
     Returns the rows and the bin width in steps (1 = no binning); a bin shows its value of largest magnitude.
@@ -602,6 +603,7 @@ def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -
         "value_text": [_fmt(v) for v in values],
         "magnitude_text": [_fmt_log10(m) for m in magnitude],
         "nonfinite": ~np.isfinite(values.to_numpy()) & ~np.isfinite(magnitude.to_numpy()),
+        "value_nonfinite": ~np.isfinite(values.to_numpy()),  # inf/NaN in the dtype (a true size may still exist)
         "zero": (magnitude == -math.inf).to_numpy(),
     }), stride
 
@@ -650,10 +652,14 @@ def unit_heatmap(unit_frame: pd.DataFrame, log_magnitude: bool = False) -> alt.F
         m = heatmap_domain(rows)[1]
         subtitle = [f"Colour: the value on a diverging scale from −{_fmt(m)} (blue) through 0 (light) to {_fmt(m)} "
                     "(orange)."]
-    if rows["nonfinite"].any():
-        layers.append(base.transform_filter(alt.datum.nonfinite).mark_point(
+    # Linear colours need a value in the dtype: every inf/NaN cell is crossed. Log colours use the true size: only
+    # cells without one (undefined) are crossed.
+    crossed = "nonfinite" if log_magnitude else "value_nonfinite"
+    if rows[crossed].any():
+        layers.append(base.transform_filter(alt.datum[crossed]).mark_point(
             shape="cross", color=GUIDE_GRAY, filled=True).encode(x=x, y=y, tooltip=tooltip))
-        subtitle.append("Crosses mark inf/NaN.")
+        subtitle.append("Crosses mark values with no true size (undefined)." if log_magnitude else
+                        "Crosses mark inf/NaN in the dtype (the tooltip gives the true size where there is one).")
     if stride > 1:
         subtitle.append(f"Each column shows the value of largest magnitude in {stride} steps.")
     return alt.layer(*layers).facet(

@@ -43,15 +43,26 @@ def verdict_text(at: AppTest) -> str:
 
 
 def assert_marked_not_clipped(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
-    """Chart rows match the report row for row: non-finite rows carry the non-finite status, no number (so nothing
-    was clipped to a finite value), their text says inf/NaN and they sit on the ceiling; finite rows keep their norm."""
+    """Chart rows match the report row for row: rows that are inf/NaN in the dtype carry a non-finite status and no
+    dtype number (nothing was clipped to a finite value), their text says inf/NaN; those with a finite true value
+    are drawn at it (status "overflow"), the others sit in the inf/NaN band above the plot; finite rows keep their
+    norm."""
     assert len(rows) == len(frame)
     bad = frame["nonfinite"].to_numpy()
-    assert list(rows["status"] == "nonfinite") == list(bad)
+    assert list(rows["status"].isin(["overflow", "nonfinite"])) == list(bad)
     marked = rows[bad]
     assert marked["norm"].isna().all()
     assert marked["norm_text"].isin(["inf", "-inf", "NaN"]).all()
-    assert (marked["plot_y"] >= rows["plot_y"].max()).all()  # on the ceiling line, above every value
+    over = marked[marked["status"] == "overflow"]
+    true = frame["log10_norm"][bad][marked["status"].to_numpy() == "overflow"].to_numpy(float)
+    np.testing.assert_allclose(over["log10_norm"].to_numpy(float), true, rtol=1e-9)  # the true size travels along
+    # Drawn at it (log scale), or at the top edge with the size in the tooltip (linear scale): never lower.
+    plot_y = over["plot_y"].to_numpy(float)
+    at_true = np.isclose(np.log10(plot_y), true, rtol=1e-9)
+    at_top = plot_y >= rows["plot_y"][~bad].max()
+    assert (at_true | at_top).all()
+    undefined = marked[marked["status"] == "nonfinite"]
+    assert (undefined["band_row"] == -1).all()  # the band above the plot
     finite = rows[~bad]
     np.testing.assert_allclose(finite["norm"].to_numpy(float), frame["norm"][~bad].to_numpy(float), rtol=1e-6)
 
@@ -66,18 +77,20 @@ def test_exploding_gradients_are_marked_everywhere() -> None:
     x = report.frame[report.frame.quantity == "input"].reset_index(drop=True)
     assert_marked_not_clipped(chart_data(inputs), x)
     text = verdict_text(at)
-    assert "**Non-finite**" in text and "Nothing was clipped" in text and "overflowed" not in text
+    assert "**Exploding gradients**" in text and "Nothing was clipped" in text and "overflowed" not in text
     (table,) = at.dataframe  # the numbers as shown: inf / NaN kept
     assert not np.isfinite(table.value["norm"].to_numpy(float)).all()
     # The heatmap of the layer that exploded (layer 0 here) marks its inf/NaN cells (binned over time: 512 steps).
     (layer,) = report.frame[report.frame.nonfinite & (report.frame.quantity == "hidden_state")]["layer"].unique()
-    assert not bool(chart_data(heatmap)["nonfinite"].any()) or layer == EXPLODING.num_layers - 1
+    assert not bool(chart_data(heatmap)["value_nonfinite"].any()) or layer == EXPLODING.num_layers - 1
     at.selectbox(key="gx_hm_layer").set_value(int(layer))
     at.run()
     assert not at.exception and not at.error
     cells = chart_data(at.get("vega_lite_chart")[1])
-    assert bool(cells["nonfinite"].any())
-    assert not np.isfinite(cells.loc[cells["nonfinite"].astype(bool), "value"].astype(float)).any()
+    bad = cells["value_nonfinite"].astype(bool)
+    assert bool(bad.any())  # crossed on the linear heatmap, with no (clipped) value
+    assert not np.isfinite(pd.to_numeric(cells.loc[bad, "value"], errors="coerce").astype(float)).any()
+    assert pd.to_numeric(cells.loc[bad, "log10_magnitude"], errors="coerce").notna().all()  # the true size is known
 
 
 def test_an_overflowing_forward_pass_is_named_in_the_verdict() -> None:
