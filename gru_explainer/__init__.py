@@ -11,6 +11,7 @@ from .config import ExplainConfig, Limits, available_devices
 from .errors import ConfigError, DeviceError, TargetError
 from .explain import explain
 from .report import GradientReport
+from .watch import Recording, WatchedCall, WatchError, watch
 
 __all__ = [
     "ConfigError",
@@ -18,7 +19,11 @@ __all__ = [
     "ExplainConfig",
     "GradientReport",
     "Limits",
+    "Recording",
     "TargetError",
+    "WatchError",
+    "WatchedCall",
     "available_devices",
     "explain",
+    "watch",
 ]

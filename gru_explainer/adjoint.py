@@ -18,6 +18,7 @@ callers convert.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -130,11 +131,16 @@ class LayerAdjoint:
     hidden_grad: Scaled  # [T, B, H]: dL/dh_t
     cell_grad: Scaled | None  # [T, B, H]: dL/dc_t (LSTM); shares hidden_grad's exponents
     input_grad: Scaled  # [T, B, I]: dL/d(layer input)_t through this direction (mantissas not renormalised)
+    initial_grad: Scaled | None = None  # [B, H] (LSTM [B, 2H]: dh_0 | dc_0): the carry left after the last step,
+    # not renormalised
+    param_grads: Callable[[Tensor, Tensor | None], tuple[Tensor | None, ...]] | None = None
+    """(dL/dh_t, dL/dc_t) in the dtype, processing order -> (weight_ih, weight_hh, bias_ih, bias_hh) gradients."""
 
 
-def _shift(states: Tensor) -> Tensor:
-    """The previous states h_{t-1} for every t (zeros before the first step)."""
-    return torch.cat([torch.zeros_like(states[:1]), states[:-1]], dim=0)
+def _shift(states: Tensor, first: Tensor | None = None) -> Tensor:
+    """The previous states h_{t-1} for every t (`first`, or zeros, before the first step)."""
+    head = torch.zeros_like(states[:1]) if first is None else first.unsqueeze(0).to(states.dtype)
+    return torch.cat([head, states[:-1]], dim=0)
 
 
 def _renormalize(c: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,30 +171,38 @@ def _lost_precision(mantissa: Tensor) -> bool:
     return bool(((row_max > 0) & (row_max < tiny)).any() or vanished.any())
 
 
-def _recurse(step, start: Scaled, direct: Scaled, every: int) -> tuple[list, list[Tensor]]:
+def _recurse(step, start: Scaled, direct: Scaled, every: int,
+             valid: Tensor | None = None) -> tuple[list, list[Tensor], Scaled]:
     """The sequential part: for s = T-1 .. 0, v_s = direct_s + carry; store what `step` returns; carry = step's.
 
     step(s, v) -> (stored, carry mantissa); the carry keeps v's exponent, renormalised every `every` steps.
+    valid [T, B] bool (packed sequences): at an invalid (padding) step the carry passes unchanged (the state is
+    frozen there). Returns (stored, exponents, the carry left after step 0: the initial state's gradient).
     """
     steps = direct.mantissa.shape[0]
     active = (direct.exponent != ZERO_ROW).any(dim=1).tolist()  # steps where something is read directly
     plan = [(steps - 1 - s) % every == every - 1 for s in range(steps)]
     direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
+    padded = [False] * steps if valid is None else (~valid).any(dim=1).tolist()
+    valid_s = None if valid is None else valid.unsqueeze(-1).unbind(0)
     m, e = start.mantissa, start.exponent
     stored, exps = [], []
     for s in range(steps - 1, -1, -1):
         if active[s]:
             m, e = add_scaled(m, e, direct_m[s], direct_e[s])
-        keep, m = step(s, m)
+        keep, carry = step(s, m)
+        m = torch.where(valid_s[s], carry, m) if padded[s] else carry
         stored.append(keep)
         exps.append(e)
         if plan[s]:
             m, e = _renormalize(m, e)
-    return stored[::-1], exps[::-1]
+    return stored[::-1], exps[::-1], Scaled(m, e)
 
 
 def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tensor, Tensor, Tensor, Tensor],
-                  direct_h: Scaled, final_c: Tensor | None, every: int | None = None) -> LayerAdjoint:
+                  direct_h: Scaled, final_c: Tensor | None, every: int | None = None, *,
+                  initial: tuple[Tensor | None, Tensor | None] | None = None,
+                  valid: Tensor | None = None) -> LayerAdjoint:
     """Run the rescaled adjoint recursion for one layer and direction.
 
     inputs [T, B, I] and states [T, B, H] are the layer's input and its fused states in processing order;
@@ -196,10 +210,16 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     processed step); final_c [B, H] is the target's direct derivative w.r.t. c_n (LSTM). The carry is renormalised
     every `every` steps (default: as often as a bound on one step's growth, from the weights, requires, at most
     every RENORM_EVERY steps); if it shrank too far in between, the pass reruns renormalising after every step.
+    initial = (h_0, c_0) [B, H] each (None: zeros) are the initial states the forward started from. valid [T, B]
+    bool marks real steps of a packed batch: the state is frozen at the others (padding; their states must hold
+    the frozen state, or h_0, where a later processed step reads them), nothing may be read there directly, and
+    they get zero gradients. The result's `initial_grad` is the carry left after step 0 (dL/dh_0 | dL/dc_0) and
+    `param_grads` turns the per-step gradients, in the dtype, into the parameter gradients.
     """
     w_ih, w_hh, b_ih, b_hh = params
     seq_len, batch, hidden = states.shape
-    prev = _shift(states)
+    h_0, c_0 = initial if initial is not None else (None, None)
+    prev = _shift(states, h_0)
     gi = linear(inputs, w_ih, b_ih)  # all input projections in one matmul
     gh = linear(prev, w_hh, b_hh)  # all recurrent projections in one matmul (states are known)
     w_sum = float(w_hh.abs().sum(dim=0).max())  # bounds |(u @ w_hh)_j| / max|u|
@@ -224,20 +244,29 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
             return v, torch.addmm(v * z_s[s], (v.unsqueeze(1) * coef_s[s]).view(batch, 3 * hidden), w_hh)
 
+        def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:  # (dL/dgi, dL/dgh) [T, B, 3H]
+            d_gh = v.unsqueeze(2) * coef_hh
+            d_gi = d_gh.clone()
+            torch.mul(v, a_n, out=d_gi[:, :, 2])
+            return d_gi.view(seq_len, batch, 3 * hidden), d_gh.view(seq_len, batch, 3 * hidden)
+
         start = Scaled.of(zeros)
     elif kind == "lstm":
         i, f, g, o = (gi + gh).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         # The fused module returns h_t only; recompute c_t = f*c_{t-1} + i*g (elementwise, cheap).
         ig = i * g
-        cells, c = [], torch.zeros_like(ig[0])
+        cells, c = [], (torch.zeros_like(ig[0]) if c_0 is None else c_0.to(ig.dtype))
+        frozen = [False] * seq_len if valid is None else (~valid).any(dim=1).tolist()
         for s in range(seq_len):
-            c = torch.addcmul(ig[s], f[s], c)
+            c_new = torch.addcmul(ig[s], f[s], c)
+            c = torch.where(valid[s].unsqueeze(-1), c_new, c) if frozen[s] else c_new
             cells.append(c)
         cell = torch.stack(cells)
         tc = torch.tanh(cell)
         h_to_c = o * (1 - tc * tc)  # ∂h_t/∂c_t
-        coef = torch.stack([g * i * (1 - i), _shift(cell) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=2)
+        coef = torch.stack([g * i * (1 - i), _shift(cell, c_0) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)],
+                           dim=2)
         # |h_to_c| <= 1; gate coefficients <= 1 except c_{t-1} f (1 - f) <= max |c| / 4
         gain = 2 * (1 + w_sum * max(1.0, float(row_max_abs(cell.flatten())) / 4)) + 1
         h_to_c_s, coef_s, f_s = h_to_c.unbind(0), coef.unbind(0), f.unbind(0)
@@ -247,6 +276,10 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             v_c = torch.addcmul(v_c, v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
             d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef_s[s]).view(batch, 4 * hidden)
             return (v_h, v_c), torch.cat([d_gates @ w_hh, v_c * f_s[s]], dim=1)
+
+        def gate_grads(v: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:  # gi and gh enter alike
+            d = (torch.stack((c, c, c, v), dim=2) * coef).view(seq_len, batch, 4 * hidden)
+            return d, d
 
         start = Scaled.of(torch.cat([zeros, final_c if final_c is not None else zeros], -1))
         direct_h = Scaled(torch.cat([direct_h.mantissa, torch.zeros_like(direct_h.mantissa)], -1), direct_h.exponent)
@@ -260,27 +293,46 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
             return v, (v * slope_s[s]) @ w_hh
 
+        def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:
+            d = v * slope
+            return d, d
+
         start = Scaled.of(zeros)
-    stored, exps = _recurse(step, start, direct_h, every or renorm_interval(gain))
+    stored, exps, carry = _recurse(step, start, direct_h, every or renorm_interval(gain), valid)
     exponent = torch.stack(exps)
     if kind == "lstm":
         hidden_grad = Scaled(torch.stack([h for h, _ in stored]), exponent)
         cell_grad = Scaled(torch.stack([c for _, c in stored]), exponent)
-        carried = torch.cat([hidden_grad.mantissa, cell_grad.mantissa], -1)
     else:
         hidden_grad, cell_grad = Scaled(torch.stack(stored), exponent), None
-        carried = hidden_grad.mantissa
+    if valid is not None:  # padding: no state there, so no gradient (the carry passed through unchanged)
+        pad = ~valid.unsqueeze(-1)
+        hidden_grad.mantissa.masked_fill_(pad, 0)
+        if cell_grad is not None:
+            cell_grad.mantissa.masked_fill_(pad, 0)
+    carried = hidden_grad.mantissa if cell_grad is None else torch.cat([hidden_grad.mantissa, cell_grad.mantissa], -1)
     if every != 1 and _lost_precision(carried):
         return layer_adjoint(kind, inputs, states, params, direct_h if kind != "lstm" else
-                             Scaled(direct_h.mantissa[..., :hidden], direct_h.exponent), final_c, every=1)
+                             Scaled(direct_h.mantissa[..., :hidden], direct_h.exponent), final_c, every=1,
+                             initial=initial, valid=valid)
+    initial_grad = carry  # (not renormalised: `normalize` it before `value()`)
+
+    def param_grads(h_values: Tensor, c_values: Tensor | None) -> tuple[Tensor | None, ...]:
+        d_gi, d_gh = gate_grads(h_values, c_values)
+        flat_gi, flat_gh = d_gi.reshape(-1, d_gi.shape[-1]), d_gh.reshape(-1, d_gh.shape[-1])
+        return (flat_gi.T @ inputs.reshape(-1, inputs.shape[-1]), flat_gh.T @ prev.reshape(-1, hidden),
+                flat_gi.sum(0) if b_ih is not None else None, flat_gh.sum(0) if b_hh is not None else None)
+
     if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
         d_gi = hidden_grad.mantissa.unsqueeze(2) * coef_hh
         torch.mul(hidden_grad.mantissa, a_n, out=d_gi[:, :, 2])
-        return LayerAdjoint(hidden_grad, None, Scaled(d_gi.view(seq_len, batch, 3 * hidden) @ w_ih, exponent))
-    if kind == "lstm":
+        input_grad = Scaled(d_gi.view(seq_len, batch, 3 * hidden) @ w_ih, exponent)
+    elif kind == "lstm":
         d_gi = torch.stack((cell_grad.mantissa,) * 3 + (hidden_grad.mantissa,), dim=2) * coef
-        return LayerAdjoint(hidden_grad, cell_grad, Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent))
-    return LayerAdjoint(hidden_grad, None, Scaled((hidden_grad.mantissa * slope) @ w_ih, exponent))
+        input_grad = Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent)
+    else:
+        input_grad = Scaled((hidden_grad.mantissa * slope) @ w_ih, exponent)
+    return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads)
 
 
 @dataclass
@@ -301,6 +353,10 @@ class AdjointResult:
     cell_magnitude: Scaled | None
     input_magnitude: Scaled
     direct_log10_norm: dict[str, Tensor]
+    initial_hidden_grad: Tensor | None = None  # [L*D, B, H]: dL/dh_0 (when `initial` was given)
+    initial_cell_grad: Tensor | None = None  # [L*D, B, H]: dL/dc_0 (LSTM, when `initial` was given)
+    param_grads: list[tuple[Tensor | None, ...]] | None = None
+    """Per layer * D + direction: (weight_ih, weight_hh, bias_ih, bias_hh) gradients (None: no bias), in the dtype."""
 
 
 def log10_norm_over(row_log10_norm: Tensor, dim: int) -> Tensor:
@@ -328,15 +384,29 @@ def _nonfinite_rows(*values: Tensor | None) -> Tensor:
     return bad
 
 
+def module_params(module: torch.nn.RNNBase, layer: int, direction: int) -> tuple[Tensor | None, ...]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction; the biases are None with bias=False."""
+    suffix = f"l{layer}" + ("_reverse" if direction == 1 else "")
+    return tuple(getattr(module, f"{name}_{suffix}", None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
 def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor],
-                 grads: dict[str, Tensor]) -> AdjointResult:
+                 grads: dict[str, Tensor], *, initial: tuple[Tensor | None, Tensor | None] | None = None,
+                 valid: Tensor | None = None,
+                 params: Callable[[int, int], tuple[Tensor | None, ...]] | None = None,
+                 want_params: bool = False) -> AdjointResult:
     """The hidden-state pass: every dL/dh_t, dL/dc_t and dL/dx_t from the target's direct derivatives `grads`.
 
     Runs the rescaled recursion top layer first; each layer hands its input gradient (rescaled) to the layer below.
-    `grads` holds ∂target/∂y [B, T, D*H], ∂target/∂h_n and (LSTM) ∂target/∂c_n [L*D, B, H].
+    `grads` holds ∂target/∂y [B, T, D*H], ∂target/∂h_n and (LSTM) ∂target/∂c_n [L*D, B, H]. Options (for
+    `watch`): `initial` = (h_0, c_0) [L*D, B, H] each or None, the states the forward started from (their
+    gradients are returned); `valid` [B, T] bool, the real steps of a packed batch (layer_outputs hold zeros at
+    the others and h_n is each item's last real state); `params(layer, direction)` the weights the forward used
+    (default: the module's); `want_params` also returns the parameter gradients, from the gradients in the dtype.
     """
-    from .models import cell_kind, layer_params
+    from .models import cell_kind
 
+    params = params or (lambda layer, d: module_params(module, layer, d))
     kind, num_dirs = cell_kind(module), (2 if module.bidirectional else 1)
     hidden, layers = module.hidden_size, module.num_layers
     batch, steps = x.shape[:2]
@@ -352,6 +422,9 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
             direct_norm["cell_state"] = direct_norm["hidden_state"].clone()
         direct = Scaled(grads["y"].transpose(0, 1), torch.zeros(steps, batch, dtype=torch.int32, device=x.device))
         direct_bad: Tensor | None = None  # [T, B]: rows the layer above made inf/NaN (autograd's pattern)
+        param_grads: list = [None] * (layers * num_dirs)
+        h0_grad = x.new_zeros(layers * num_dirs, batch, hidden) if initial is not None else None
+        c0_grad = x.new_zeros(layers * num_dirs, batch, hidden) if initial is not None and lstm else None
         for layer in range(layers - 1, -1, -1):
             layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
             below: Scaled | None = None
@@ -369,8 +442,17 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                 if final_c is not None:
                     c_last = direct_norm["cell_state"][layer, d]
                     c_last[-1 if d == 0 else 0] = log10_norm_over(Scaled.of(final_c).log10_row_norm(), dim=0)
-                result = layer_adjoint(kind, order(layer_in), order(layer_outputs[layer].transpose(0, 1)[..., cols]),
-                                       layer_params(module, layer, d), read, final_c)
+                states = order(layer_outputs[layer].transpose(0, 1)[..., cols])
+                h_0 = initial[0][index] if initial is not None and initial[0] is not None else None
+                c_0 = initial[1][index] if initial is not None and initial[1] is not None else None
+                step_valid = None
+                if valid is not None:
+                    step_valid = order(valid.transpose(0, 1))
+                    if d == 1:  # reverse: padding is processed first, with the state held at h_0
+                        frozen = h_0 if h_0 is not None else torch.zeros_like(states[0])
+                        states = torch.where(step_valid.unsqueeze(-1), states, frozen)
+                result = layer_adjoint(kind, order(layer_in), states, params(layer, d), read, final_c,
+                                       initial=(h_0, c_0), valid=step_valid)
                 values = result.hidden_grad.value()
                 cell_values = result.cell_grad.value() if result.cell_grad is not None else None
                 # Autograd's non-finite pattern: a step that is inf/NaN (or reads an inf/NaN from above) makes every
@@ -390,6 +472,14 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                 h_v[layer, d] = order(values)
                 if lstm:
                     c_m[layer, d], c_v[layer, d] = order(result.cell_grad.mantissa), order(cell_values)
+                if want_params:
+                    param_grads[index] = result.param_grads(values, cell_values)
+                if initial is not None:
+                    first = normalize(result.initial_grad.mantissa, result.initial_grad.exponent).value()
+                    first[seen[0]] = math.nan  # autograd's pattern: something processed before it was inf/NaN
+                    h0_grad[index] = first[:, :hidden]
+                    if lstm:
+                        c0_grad[index] = first[:, hidden:]
                 layer_grad = result.input_grad.flip(0) if d == 1 else result.input_grad
                 if below is not None:
                     layer_grad = Scaled(*add_scaled(below.mantissa, below.exponent, layer_grad.mantissa,
@@ -412,4 +502,7 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
         cell_magnitude=Scaled(batch_first(c_m), h_e.transpose(2, 3).contiguous()) if lstm else None,
         input_magnitude=direct.transpose(0, 1),
         direct_log10_norm=direct_norm,
+        initial_hidden_grad=h0_grad,
+        initial_cell_grad=c0_grad,
+        param_grads=param_grads if want_params else None,
     )

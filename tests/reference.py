@@ -117,3 +117,88 @@ def float64_tanh_rnn_grads_at_states(report) -> Tensor:
         value = parse_target(report.config.target).evaluate({"y": y, "h_n": h.unsqueeze(0)})
         grads = torch.autograd.grad(value, hs)
     return torch.stack(grads, dim=1)
+
+
+def _cell_with_bias(module: nn.RNNBase, layer: int, direction: int) -> nn.Module:
+    """The cell module of one layer and direction (weights copied), also for bias=False modules."""
+    kind = cell_kind(module)
+    suffix = f"l{layer}" + ("_reverse" if direction == 1 else "")
+    w_ih = getattr(module, f"weight_ih_{suffix}")
+    kw = dict(bias=module.bias, dtype=w_ih.dtype)
+    if kind == "gru":
+        cell = nn.GRUCell(w_ih.shape[1], module.hidden_size, **kw)
+    elif kind == "lstm":
+        cell = nn.LSTMCell(w_ih.shape[1], module.hidden_size, **kw)
+    else:
+        cell = nn.RNNCell(w_ih.shape[1], module.hidden_size, nonlinearity=kind.removeprefix("rnn_"), **kw)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if module.bias else ("weight_ih", "weight_hh")
+    with torch.no_grad():
+        for name in names:
+            getattr(cell, name).copy_(getattr(module, f"{name}_{suffix}"))
+    return cell
+
+
+def unrolled_step_grads(module: nn.RNNBase, x: Tensor, loss_fn, h0: Tensor | None = None, c0: Tensor | None = None,
+                        lengths: Tensor | None = None) -> dict[str, Tensor | None]:
+    """Per-step gradients of loss_fn(y, h_n, c_n) by autograd through nn.*Cell steps, one zero perturbation per state.
+
+    x is batch-first [B, T, I]; h0 / c0 [L*D, B, H] initial states; lengths [B] makes it a packed batch (a state is
+    frozen after its item's last step, y is 0 there, h_n is each item's last real state). Returns hidden / cell
+    [L, D, B, T, H] (dL/dh_t, dL/dc_t: the gradients of the perturbations), input [B, T, I], h0 / c0 gradients, y.
+    """
+    kind = cell_kind(module)
+    num_dirs = 2 if module.bidirectional else 1
+    batch, steps, _ = x.shape
+    hidden = module.hidden_size
+    valid = (torch.ones(batch, steps, dtype=torch.bool) if lengths is None
+             else torch.arange(steps)[None, :] < lengths[:, None])
+    x = x.detach().clone().requires_grad_()
+    h0 = h0.detach().clone().requires_grad_() if h0 is not None else None
+    c0 = c0.detach().clone().requires_grad_() if c0 is not None else None
+    shape = (module.num_layers, num_dirs, steps, batch, hidden)
+    p_h = torch.zeros(shape, dtype=x.dtype, requires_grad=True)
+    p_c = torch.zeros(shape, dtype=x.dtype, requires_grad=True)
+    with torch.enable_grad():
+        layer_input, h_last, c_last = x, [], []
+        for layer in range(module.num_layers):
+            outputs = []
+            for d in range(num_dirs):
+                cell = _cell_with_bias(module, layer, d)
+                index = layer * num_dirs + d
+                h = h0[index] if h0 is not None else x.new_zeros(batch, hidden)
+                c = c0[index] if c0 is not None else x.new_zeros(batch, hidden)
+                states: list[Tensor] = [None] * steps  # type: ignore[list-item]
+                for t in range(steps) if d == 0 else range(steps - 1, -1, -1):
+                    ok = valid[:, t].unsqueeze(-1)
+                    if kind == "lstm":
+                        h_prev = h
+                        h_new, c_new = cell(layer_input[:, t], (h, c))
+                        c_new = c_new + p_c[layer, d, t]  # h_t reads the perturbed c_t: h = o * tanh(c)
+                        gates = layer_input[:, t] @ cell.weight_ih.T + h_prev @ cell.weight_hh.T
+                        if cell.bias_ih is not None:
+                            gates = gates + cell.bias_ih + cell.bias_hh
+                        o = torch.sigmoid(gates[:, 3 * hidden:])
+                        h_new = o * torch.tanh(c_new)
+                        c = torch.where(ok, c_new, c)
+                    else:
+                        h_new = cell(layer_input[:, t], h)
+                    h = torch.where(ok, h_new + p_h[layer, d, t], h)
+                    states[t] = torch.where(ok, h, torch.zeros_like(h))
+                outputs.append(torch.stack(states, dim=1))
+                h_last.append(h)
+                c_last.append(c)
+            layer_input = torch.cat(outputs, dim=-1)
+        y, h_n = layer_input, torch.stack(h_last)
+        c_n = torch.stack(c_last) if kind == "lstm" else None
+        loss = loss_fn(y, h_n, c_n)
+        wrt = [p_h, p_c, x] + [t for t in (h0, c0) if t is not None]
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads, strict=True)]
+    out = {"hidden": grads[0].transpose(2, 3), "cell": grads[1].transpose(2, 3) if kind == "lstm" else None,
+           "input": grads[2], "y": y.detach(), "h0": None, "c0": None}
+    rest = grads[3:]
+    if h0 is not None:
+        out["h0"] = rest.pop(0)
+    if c0 is not None:
+        out["c0"] = rest.pop(0)
+    return out
