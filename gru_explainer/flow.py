@@ -17,10 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
+from .adjoint import Scaled
 from .config import CELL_LABELS, ExplainConfig
 from .errors import ConfigError, TargetError
 from .explain import explain
+from .models import SeedAnswerGRU, answer_as_gru, cell_kind, layer_params
 from .report import DIRECTIONS, GradientReport
 
 PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "t", "distance", "side", "norm",
@@ -212,6 +216,113 @@ def describe_sweep(rates: pd.DataFrame) -> str:
             f"×{medians[best]:.3g} per step) and {cell_label(worst)} the least (×{medians[worst]:.3g}).")
 
 
+JACOBIAN_COLUMNS = ("cell", "layer", "direction", "batch", "t", "distance", "sigma_max", "log10_sigma_max",
+                    "log10_bound", "log10_state_norm")
+"""Columns of `jacobian_profile`."""
+
+
+def step_jacobians(report: GradientReport, layer: int, direction: int, batch: int = 0) -> Tensor:
+    """∂s_t/∂s_{t-1} for every step of one layer and direction, batch item `batch`: [T, S, S] in float64.
+
+    s is the recurrent state: h (GRU, RNN) or (h, c) stacked (LSTM, S = 2H); "t-1" is the previous step in the
+    direction's processing order (t+1 for the reverse direction). Built from the fused states with the cell's
+    own derivative formulas (the same local derivatives the engine's backward pass multiplies by).
+    """
+    module = answer_as_gru(report.module) if isinstance(report.module, SeedAnswerGRU) else report.module
+    kind = cell_kind(module)
+    w_ih, w_hh, b_ih, b_hh = (p.detach().double() for p in layer_params(module, layer, direction))
+    hidden = module.hidden_size
+    states = report.hidden_states.double()
+    x = report.inputs.double()[batch] if layer == 0 else torch.cat(
+        [states[layer - 1, d, batch] for d in range(states.shape[1])], dim=-1)  # [T, I]
+    h = states[layer, direction, batch]  # [T, H]
+    if direction == 1:  # processing order
+        x, h = x.flip(0), h.flip(0)
+    h_prev = torch.cat([h.new_zeros(1, hidden), h[:-1]])
+    gi, gh = x @ w_ih.T + b_ih, h_prev @ w_hh.T + b_hh  # [T, G*H]
+    eye = torch.eye(hidden, dtype=torch.float64)
+
+    def rows(scale: Tensor, weight: Tensor) -> Tensor:  # diag(scale_t) @ weight, for every t: [T, H, H]
+        return scale.unsqueeze(-1) * weight
+
+    if kind == "gru":
+        w_r, w_z, w_n = w_hh.split(hidden)
+        r, z = torch.sigmoid(gi[:, :hidden] + gh[:, :hidden]), torch.sigmoid(gi[:, hidden:2 * hidden]
+                                                                            + gh[:, hidden:2 * hidden])
+        gh_n = gh[:, 2 * hidden:]
+        n = torch.tanh(gi[:, 2 * hidden:] + r * gh_n)  # h = (1 - z) n + z h_prev
+        d_n = (1 - z) * (1 - n * n)  # ∂h/∂(n pre-activation)
+        jac = (z.unsqueeze(-1) * eye + rows((h_prev - n) * z * (1 - z), w_z)
+               + rows(d_n * r, w_n) + rows(d_n * gh_n * r * (1 - r), w_r))
+    elif kind == "lstm":
+        w_i, w_f, w_g, w_o = w_hh.split(hidden)
+        pre = gi + gh
+        i, f = torch.sigmoid(pre[:, :hidden]), torch.sigmoid(pre[:, hidden:2 * hidden])
+        g, o = torch.tanh(pre[:, 2 * hidden:3 * hidden]), torch.sigmoid(pre[:, 3 * hidden:])
+        c, cells = h.new_zeros(hidden), []
+        for t in range(len(h)):  # c_t = f c_{t-1} + i g (the fused module returns h only)
+            c = f[t] * c + i[t] * g[t]
+            cells.append(c)
+        cell = torch.stack(cells)
+        c_prev = torch.cat([cell.new_zeros(1, hidden), cell[:-1]])
+        tc = torch.tanh(cell)
+        dc_dh = rows(c_prev * f * (1 - f), w_f) + rows(g * i * (1 - i), w_i) + rows(i * (1 - g * g), w_g)
+        dh_dh = rows(tc * o * (1 - o), w_o) + (o * (1 - tc * tc)).unsqueeze(-1) * dc_dh  # h = o tanh(c)
+        dc_dc = f.unsqueeze(-1) * eye
+        dh_dc = (o * (1 - tc * tc) * f).unsqueeze(-1) * eye
+        jac = torch.cat([torch.cat([dh_dh, dh_dc], dim=2), torch.cat([dc_dh, dc_dc], dim=2)], dim=1)
+    else:
+        slope = (1 - h * h) if kind == "rnn_tanh" else (~(h <= 0)).double()
+        jac = rows(slope, w_hh)
+    return jac.flip(0) if direction == 1 else jac  # back to original time order
+
+
+def jacobian_profile(report: GradientReport, layer: int, direction: str, batch: int = 0) -> pd.DataFrame:
+    """Why the gradient vanishes or explodes, as numbers: ‖∂s_t/∂s_{t-1}‖₂ per step and its running product.
+
+    One row per step the decay profile shows, for batch item `batch`: sigma_max (largest singular value of the step
+    Jacobian), log10_state_norm (the measured true ‖dL/ds_t‖ of that item; s = h, or (h, c) for LSTM) and
+    log10_bound = log10_state_norm at the read step + Σ log10 sigma_max of the steps between: an upper bound on
+    log10_state_norm wherever nothing but the read step injects gradient (‖Aᵀv‖ <= ‖A‖₂‖v‖). NaN on the other side
+    of the read step (not reached through this direction's recurrence).
+    """
+    d = DIRECTIONS.index(direction)
+    profile = decay_profile(report)
+    rows = profile[(profile.layer == layer) & (profile.direction == direction)].sort_values("distance")
+    if rows.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in JACOBIAN_COLUMNS})
+    sigma = torch.linalg.matrix_norm(step_jacobians(report, layer, d, batch), ord=2).numpy()  # [T]
+    with np.errstate(divide="ignore"):
+        log_sigma = np.log10(sigma)
+    state = _item_log10_norms(report, layer, d, batch)  # [T]
+    steps_t = rows.t.astype(int).to_numpy()
+    anchor_t = int(rows.loc[rows.distance == 0, "t"].iloc[0])
+    bound = []
+    for t, k in zip(steps_t, rows.distance.astype(int), strict=True):
+        if k < 0:
+            bound.append(math.nan)
+            continue
+        # Back from the read step t0 to t: the Jacobians of steps t+1 .. t0 (forward) or t0 .. t-1 (reverse).
+        between = range(t + 1, anchor_t + 1) if d == 0 else range(anchor_t, t)
+        bound.append(float(state[anchor_t] + sum(log_sigma[s] for s in between)))
+    return pd.DataFrame({
+        "cell": report.config.cell, "layer": layer, "direction": direction, "batch": batch, "t": steps_t,
+        "distance": rows.distance.astype(int).to_numpy(), "sigma_max": sigma[steps_t],
+        "log10_sigma_max": log_sigma[steps_t], "log10_bound": bound, "log10_state_norm": state[steps_t],
+    })[list(JACOBIAN_COLUMNS)]
+
+
+def _item_log10_norms(report: GradientReport, layer: int, direction: int, batch: int) -> np.ndarray:
+    """log10 of the true ‖dL/ds_t‖ of one batch item per step (s = h, or (h, c) for LSTM): [T]."""
+    parts = [report.hidden_magnitude] + ([report.cell_magnitude] if report.cell_magnitude is not None else [])
+    ln10, squares = math.log(10.0), None  # natural log of the squared norm, summed over the parts
+    for scaled in parts:
+        row = Scaled(scaled.mantissa[layer, direction, batch], scaled.exponent[layer, direction, batch])
+        part = 2 * ln10 * row.log10_row_norm()
+        squares = part if squares is None else torch.logaddexp(squares, part)
+    return (squares / (2 * ln10)).numpy()
+
+
 def cell_config(base: ExplainConfig, cell: str, **changes: object) -> ExplainConfig:
     """`base` with another cell (and other changes); "answer_gru" is forced to 1 layer, one direction."""
     cfg = base.replace(cell=cell, **changes)
@@ -280,6 +391,8 @@ __all__ = [
     "describe_sweep",
     "fit_decay",
     "fit_log10_decay",
+    "jacobian_profile",
+    "step_jacobians",
     "fit_decay_rate",
     "profile_of",
     "sweep",
