@@ -516,3 +516,62 @@ def test_refusals_name_the_feature() -> None:
     assert "forward" not in inner.__dict__
     with gx.watch(inner), pytest.raises(gx.WatchError, match="expects input size 3"):
         inner(torch.randn(2, 5, 7, requires_grad=True))
+
+
+# --- DistributedDataParallel ---------------------------------------------------------------------------------------
+
+
+DDP_STEPS, DDP_SHARD = 3, 2
+
+
+def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
+    return rand(2 * DDP_SHARD, 5, 3, seed=21), torch.tensor([0, 1, 2, 3])
+
+
+def _train(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(DDP_STEPS):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = Classifier()
+        ddp = DistributedDataParallel(model)
+        x, labels = _ddp_data()
+        shard = slice(rank * DDP_SHARD, (rank + 1) * DDP_SHARD)
+        with gx.watch(ddp) as rec:
+            _train(ddp, x[shard], labels[shard])
+        names = [c.name for c in rec.calls]
+        grads = [c.hidden_grad for c in rec.calls]
+        torch.save({"params": [p.detach() for p in model.parameters()], "names": names, "hidden": grads},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_data_parallel_two_processes(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = Classifier()
+    _train(single, *_ddp_data())  # DDP averages the shards' mean losses' gradients: the full batch's mean
+    for a, b, ref in zip(ranks[0]["params"], ranks[1]["params"], single.parameters(), strict=True):
+        assert torch.equal(a, b)  # identical across ranks
+        assert_close(a, ref.detach())
+    for result in ranks:
+        assert result["names"] == ["module.rnn"] * DDP_STEPS  # each rank records its own calls
+        assert result["hidden"][0].shape == (2, 1, DDP_SHARD, 5, 6)
+    assert not torch.equal(ranks[0]["hidden"][0], ranks[1]["hidden"][0])  # different shards, different gradients
