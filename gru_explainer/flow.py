@@ -219,10 +219,22 @@ def describe_sweep(rates: pd.DataFrame) -> str:
 JACOBIAN_COLUMNS = ("cell", "layer", "direction", "batch", "t", "distance", "sigma_max", "log10_sigma_max",
                     "log10_bound", "log10_state_norm")
 """Columns of `jacobian_profile`."""
+JACOBIAN_CHUNK = 16
+"""Steps per batch of Jacobians (at most 16 × 512 × 512 float64, 32 MiB, for a 256-unit LSTM)."""
+JACOBIAN_BUDGET = 2 ** 27
+"""Work budget of `jacobian_profile` in S³ units (an S × S singular value problem per step): 64 steps at S = 128,
+8 at S = 256 (a 256-unit GRU or a 128-unit LSTM), at least 4."""
 
 
-def step_jacobians(report: GradientReport, layer: int, direction: int, batch: int = 0) -> Tensor:
-    """∂s_t/∂s_{t-1} for every step of one layer and direction, batch item `batch`: [T, S, S] in float64.
+def jacobian_steps(state_size: int, seq_len: int) -> int:
+    """How many steps back from the read step `jacobian_profile` covers within JACOBIAN_BUDGET."""
+    return max(4, min(seq_len, JACOBIAN_BUDGET // state_size ** 3))
+
+
+def step_jacobians(report: GradientReport, layer: int, direction: int, batch: int = 0,
+                   steps: Sequence[int] | None = None) -> Tensor:
+    """∂s_t/∂s_{t-1} for every step (or the given `steps`) of one layer and direction, batch item `batch`:
+    [T or len(steps), S, S] in float64.
 
     s is the recurrent state: h (GRU, RNN) or (h, c) stacked (LSTM, S = 2H); "t-1" is the previous step in the
     direction's processing order (t+1 for the reverse direction). Built from the fused states with the cell's
@@ -241,6 +253,12 @@ def step_jacobians(report: GradientReport, layer: int, direction: int, batch: in
     h_prev = torch.cat([h.new_zeros(1, hidden), h[:-1]])
     gi, gh = x @ w_ih.T + b_ih, h_prev @ w_hh.T + b_hh  # [T, G*H]
     eye = torch.eye(hidden, dtype=torch.float64)
+    seq_len = len(h)
+    wanted = torch.arange(seq_len) if steps is None else torch.as_tensor(list(steps), dtype=torch.long)
+    idx = wanted if direction == 0 else seq_len - 1 - wanted  # positions in processing order
+
+    def at(*tensors: Tensor) -> list[Tensor]:  # the per-step vectors of the wanted steps only
+        return [t[idx] for t in tensors]
 
     def rows(scale: Tensor, weight: Tensor) -> Tensor:  # diag(scale_t) @ weight, for every t: [T, H, H]
         return scale.unsqueeze(-1) * weight
@@ -252,6 +270,7 @@ def step_jacobians(report: GradientReport, layer: int, direction: int, batch: in
         gh_n = gh[:, 2 * hidden:]
         n = torch.tanh(gi[:, 2 * hidden:] + r * gh_n)  # h = (1 - z) n + z h_prev
         d_n = (1 - z) * (1 - n * n)  # ∂h/∂(n pre-activation)
+        z, r, n, d_n, gh_n, h_prev = at(z, r, n, d_n, gh_n, h_prev)
         jac = (z.unsqueeze(-1) * eye + rows((h_prev - n) * z * (1 - z), w_z)
                + rows(d_n * r, w_n) + rows(d_n * gh_n * r * (1 - r), w_r))
     elif kind == "lstm":
@@ -265,6 +284,7 @@ def step_jacobians(report: GradientReport, layer: int, direction: int, batch: in
             cells.append(c)
         cell = torch.stack(cells)
         c_prev = torch.cat([cell.new_zeros(1, hidden), cell[:-1]])
+        i, f, g, o, cell, c_prev = at(i, f, g, o, cell, c_prev)
         tc = torch.tanh(cell)
         dc_dh = rows(c_prev * f * (1 - f), w_f) + rows(g * i * (1 - i), w_i) + rows(i * (1 - g * g), w_g)
         dh_dh = rows(tc * o * (1 - o), w_o) + (o * (1 - tc * tc)).unsqueeze(-1) * dc_dh  # h = o tanh(c)
@@ -272,36 +292,42 @@ def step_jacobians(report: GradientReport, layer: int, direction: int, batch: in
         dh_dc = (o * (1 - tc * tc) * f).unsqueeze(-1) * eye
         jac = torch.cat([torch.cat([dh_dh, dh_dc], dim=2), torch.cat([dc_dh, dc_dc], dim=2)], dim=1)
     else:
+        (h,) = at(h)
         slope = (1 - h * h) if kind == "rnn_tanh" else (~(h <= 0)).double()
         jac = rows(slope, w_hh)
-    return jac.flip(0) if direction == 1 else jac  # back to original time order
+    return jac  # in the order of `steps` (original time order by default)
 
 
-def jacobian_profile(report: GradientReport, layer: int, direction: str, batch: int = 0) -> pd.DataFrame:
+def jacobian_profile(report: GradientReport, layer: int, direction: str, batch: int = 0,
+                     max_steps: int | None = None) -> pd.DataFrame:
     """Why the gradient vanishes or explodes, as numbers: ‖∂s_t/∂s_{t-1}‖₂ per step and its running product.
 
-    One row per step the decay profile shows, for batch item `batch`: sigma_max (largest singular value of the step
+    One row per step on the read step's back side (distance 0 .. max_steps-1; default `jacobian_steps`, a work
+    budget), for batch item `batch`: sigma_max (largest singular value of the step
     Jacobian), log10_state_norm (the measured true ‖dL/ds_t‖ of that item; s = h, or (h, c) for LSTM) and
     log10_bound = log10_state_norm at the read step + Σ log10 sigma_max of the steps between: an upper bound on
-    log10_state_norm wherever nothing but the read step injects gradient (‖Aᵀv‖ <= ‖A‖₂‖v‖). NaN on the other side
-    of the read step (not reached through this direction's recurrence).
+    log10_state_norm wherever nothing but the read step injects gradient (‖Aᵀv‖ <= ‖A‖₂‖v‖).
     """
     d = DIRECTIONS.index(direction)
     profile = decay_profile(report)
     rows = profile[(profile.layer == layer) & (profile.direction == direction)].sort_values("distance")
+    state_size = report.config.hidden_size * (2 if report.cell_grad is not None else 1)
+    limit = max_steps if max_steps is not None else jacobian_steps(state_size, report.config.seq_len)
+    rows = rows[(rows.distance >= 0) & (rows.distance < limit)]
     if rows.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in JACOBIAN_COLUMNS})
-    sigma = torch.linalg.matrix_norm(step_jacobians(report, layer, d, batch), ord=2).numpy()  # [T]
+    sigma = np.full(report.config.seq_len, np.nan)
+    needed = rows.t.astype(int).tolist()
+    for start in range(0, len(needed), JACOBIAN_CHUNK):  # bounded memory: a chunk of [S, S] matrices at a time
+        chunk = needed[start:start + JACOBIAN_CHUNK]
+        sigma[chunk] = torch.linalg.matrix_norm(step_jacobians(report, layer, d, batch, chunk), ord=2).numpy()
     with np.errstate(divide="ignore"):
         log_sigma = np.log10(sigma)
     state = _item_log10_norms(report, layer, d, batch)  # [T]
     steps_t = rows.t.astype(int).to_numpy()
     anchor_t = int(rows.loc[rows.distance == 0, "t"].iloc[0])
     bound = []
-    for t, k in zip(steps_t, rows.distance.astype(int), strict=True):
-        if k < 0:
-            bound.append(math.nan)
-            continue
+    for t in steps_t:
         # Back from the read step t0 to t: the Jacobians of steps t+1 .. t0 (forward) or t0 .. t-1 (reverse).
         between = range(t + 1, anchor_t + 1) if d == 0 else range(anchor_t, t)
         bound.append(float(state[anchor_t] + sum(log_sigma[s] for s in between)))
@@ -310,6 +336,25 @@ def jacobian_profile(report: GradientReport, layer: int, direction: str, batch: 
         "distance": rows.distance.astype(int).to_numpy(), "sigma_max": sigma[steps_t],
         "log10_sigma_max": log_sigma[steps_t], "log10_bound": bound, "log10_state_norm": state[steps_t],
     })[list(JACOBIAN_COLUMNS)]
+
+
+def describe_jacobians(frame: pd.DataFrame) -> list[str]:
+    """One sentence per cell of a `jacobian_profile` frame: the range of sigma_max, the bound's and the measured
+    change over the steps shown, and whether the Jacobians' product shrinks the gradient more than their norms."""
+    lines = []
+    for cell, rows in frame.groupby("cell", sort=False):
+        rows = rows.sort_values("distance")
+        sigma = rows.sigma_max.astype(float)
+        first, last = rows.iloc[0], rows.iloc[-1]
+        bound = float(last.log10_bound - first.log10_bound)
+        measured = float(last.log10_state_norm - first.log10_state_norm)
+        text = (f"{cell_label(str(cell))}: σ_max is {sigma.min():.3g}–{sigma.max():.3g} over the {len(rows)} steps "
+                f"back from t = {int(first.t)}; their product allows a change of at most ×{10 ** bound:.3g}, "
+                f"the measured ‖dL/ds_t‖ changes ×{10 ** measured:.3g}")
+        if math.isfinite(measured) and math.isfinite(bound) and measured < bound - 1:
+            text += " — the Jacobians' product shrinks the gradient far more than their norms alone would"
+        lines.append(text + ".")
+    return lines
 
 
 def _item_log10_norms(report: GradientReport, layer: int, direction: int, batch: int) -> np.ndarray:
@@ -389,9 +434,11 @@ __all__ = [
     "decay_rates",
     "describe_rate",
     "describe_sweep",
+    "describe_jacobians",
     "fit_decay",
     "fit_log10_decay",
     "jacobian_profile",
+    "jacobian_steps",
     "step_jacobians",
     "fit_decay_rate",
     "profile_of",

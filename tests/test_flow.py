@@ -21,6 +21,7 @@ from gru_explainer.flow import (
     cell_label,
     decay_profile,
     decay_rates,
+    describe_jacobians,
     describe_rate,
     describe_sweep,
     fit_decay,
@@ -327,3 +328,16 @@ def test_jacobian_bound_holds_and_explains_the_decay() -> None:
     steps = back.sort_values("distance")
     np.testing.assert_allclose(np.diff(steps.log10_bound.to_numpy()),
                                steps.log10_sigma_max.to_numpy()[:-1], atol=1e-12)
+
+
+def test_describe_jacobians_follows_the_numbers() -> None:
+    report = explain(ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=16, seq_len=40, dtype="float64"))
+    frame = jacobian_profile(report, 0, "forward")
+    (text,) = describe_jacobians(frame)
+    back = frame.sort_values("distance")
+    assert f"σ_max is {back.sigma_max.min():.3g}–{back.sigma_max.max():.3g} over the {len(back)} steps" in text
+    measured = 10 ** (back.log10_state_norm.iloc[-1] - back.log10_state_norm.iloc[0])
+    assert f"changes ×{measured:.3g}" in text
+    assert ("far more than their norms" in text) == (
+        back.log10_state_norm.iloc[-1] - back.log10_state_norm.iloc[0]
+        < back.log10_bound.iloc[-1] - back.log10_bound.iloc[0] - 1)
