@@ -32,7 +32,9 @@ torch.set_flush_denormal(True)
 # small shared host sessions run in parallel; measured on 2 busy cores, a 12-run flow sweep took 2.46 s with torch's
 # 2 threads and 0.18 s with 1.
 torch.set_num_threads(1)
-st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon=":material/timeline:")
+# The favicon is an emoji: Streamlit draws it as an inline data: SVG (a :material/…: icon would be fetched from
+# fonts.gstatic.com, which fails offline).
+st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon="📉")
 pages = [st.Page(path, title=title, icon=icon, default=i == 0)
          for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
 page = st.navigation(pages)

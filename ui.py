@@ -36,15 +36,13 @@ from gru_explainer import (
     explain,
 )
 from gru_explainer.compare import compare, fused_graph_census
-from gru_explainer.config import CELLS, DTYPES, HEADS
+from gru_explainer.config import CELL_LABELS, CELLS, DTYPES, HEADS
 from gru_explainer.flow import profile_of
 from gru_explainer.graph import backward_graph
 from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
 
 CONFIG_KEY = "gx_config"
 NOTICES_KEY = "gx_config_notices"
-CELL_LABELS = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)",
-               "answer_gru": "Seed answer's hand-written GRU"}
 HEAD_LABELS = {"none": "none (y is the output)", "linear": "Linear on the last step (MyModel)"}
 MIN_WEIGHT_SCALE = 0.001
 SIDEBAR_FIELDS = ("cell", "num_layers", "input_size", "hidden_size", "bidirectional", "head", "head_size", "seq_len",
@@ -282,7 +280,8 @@ def config_sidebar() -> ExplainConfig:
     bar = st.sidebar
     bar.header("Model")
     bar.selectbox("Cell", CELLS, key="gx_cell", format_func=CELL_LABELS.__getitem__, **on,
-                  help="The recurrent cell. The seed answer's GRU is unrolled by hand (1 layer, one direction).")
+                  help="The recurrent cell. \"answer GRU\" is the seed answer's hand-written GRU, unrolled by hand "
+                       "(1 layer, one direction).")
     bar.number_input("Layers", 1, limits.max_num_layers, key="gx_num_layers", disabled=single, **on)
     bar.toggle("Bidirectional", key="gx_bidirectional", disabled=single, **on,
                help="A second direction reads the sequence backwards (its h_t depends on later x).")

@@ -102,8 +102,8 @@ def app_peak(config: dict[str, Any], pages: tuple[str, ...] = APP_PAGES) -> list
     from playwright.sync_api import sync_playwright
 
     from gru_explainer import ExplainConfig
-    from gru_explainer.screenshots import StreamlitServer, launch_browser, new_context, open_page
     from gru_explainer.urlstate import config_to_query
+    from scripts.screenshots import StreamlitServer, launch_browser, new_context, open_page
 
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in config_to_query(ExplainConfig(**config)).items())
     env = {k: v for k, v in os.environ.items() if k != "GRU_EXPLAINER_LIMITS"}

@@ -1,12 +1,14 @@
-"""Docs screenshots from one command, and the helpers the browser tests share: start the app, drive Chromium.
+"""Docs screenshots from one command, and the harness the browser tests share: start the app, drive Chromium.
 
-    python -m gru_explainer.screenshots [--out docs/screenshots] [--chromium /usr/bin/chromium]
+    python -m scripts.screenshots [--out docs/screenshots] [--chromium /usr/bin/chromium]
 
-starts ``streamlit run app.py`` on a free port (light theme), opens every page of the app's navigation in
-Debian's Chromium through the ``playwright`` package (imported lazily: a development tool, not a runtime
-dependency; never ``playwright install``), waits until the script finished and every chart drew, and writes
-the main area at 1400 px wide, full height, animations disabled, to ``docs/screenshots/<page>.png``. It exits
-non-zero when a page shows an exception or a screenshot is blank.
+A development tool, not library code (the ``gru_explainer`` package never starts servers or browsers). It starts
+``streamlit run app.py`` on a free port (light theme), opens every page of the app's navigation in Debian's
+Chromium through the ``playwright`` package (imported lazily; never ``playwright install``), waits until the
+script finished and every chart drew, and writes the main area at 1400 px wide, full height, animations
+disabled, to ``docs/screenshots/<page>.png``; the pages in ``PHONE_PAGES`` are also shot at a phone's 390×844
+into ``<page>-phone.png``. It exits non-zero when a page shows an exception, a screenshot is blank or a phone
+page scrolls sideways.
 
 The page list comes from ``PAGES`` in app.py (file, title, icon): the first page is the default (url "/"),
 the others live at "/<file stem>", as ``st.navigation`` derives them.
@@ -34,6 +36,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run")
 VIEWPORT = {"width": 1400, "height": 900}
+PHONE_VIEWPORT = {"width": 390, "height": 844}
+PHONE_PAGES = ("puzzle",)
+"""Pages also captured at PHONE_VIEWPORT, as ``<page>-phone.png`` (the README embeds the home page's)."""
 APP_READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 CHARTS = '[data-testid="stVegaLiteChart"], [data-testid="stGraphVizChart"]'
 CHART_DRAWN = "svg, canvas"
@@ -261,7 +266,8 @@ def pixel_std(png: bytes | Path) -> float:
 
 def capture_main(page: Any, path: Path, max_height: int = 12_000) -> bytes:
     """Screenshot the main area at full height: grow the viewport to the content, then shoot `stMain`."""
-    width = page.viewport_size["width"] if page.viewport_size else VIEWPORT["width"]
+    size = page.viewport_size or VIEWPORT
+    width, min_height = size["width"], size["height"]
     height = 0
     for _ in range(3):  # a taller viewport can re-flow stretched elements: repeat until the height holds
         wanted = page.evaluate(
@@ -270,7 +276,7 @@ def capture_main(page: Any, path: Path, max_height: int = 12_000) -> bytes:
                 const block = document.querySelector('[data-testid="stMainBlockContainer"]') || main;
                 return Math.ceil(Math.max(main.scrollHeight, block.scrollHeight + block.getBoundingClientRect().top));
             }""")
-        wanted = int(min(max(wanted, VIEWPORT["height"]), max_height))
+        wanted = int(min(max(wanted, min_height), max_height))
         if wanted == height:
             break
         height = wanted
@@ -297,22 +303,39 @@ def take_screenshots(out_dir: Path, *, root: Path = ROOT, chromium: str = CHROMI
     with StreamlitServer(root, extra_args=["--theme.base", "light"]) as server, sync_playwright() as playwright:
         browser = launch_browser(playwright, chromium)
         try:
-            return capture_pages(browser, server.base_url, pages, out_dir)
+            return capture_pages(browser, server.base_url, pages, out_dir, phone_pages=PHONE_PAGES)
         finally:
             browser.close()
 
 
+def sideways_scroll(page: Any) -> int:
+    """How many px the page pans sideways (document or main area wider than the viewport); 0 when it fits."""
+    return int(page.evaluate(
+        """() => {
+            const doc = document.documentElement, main = document.querySelector('[data-testid="stMain"]');
+            return Math.max(doc.scrollWidth - doc.clientWidth, main ? main.scrollWidth - main.clientWidth : 0);
+        }"""))
+
+
 def capture_pages(browser: Any, base_url: str, pages: Sequence[AppPage], out_dir: Path,
+                  phone_pages: Sequence[str] = (), color_scheme: str = "light",
                   ) -> list[tuple[AppPage, Path, float]]:
-    """Capture each page of a running app (one fresh browser context each) into ``out_dir/<page>.png``."""
+    """Capture each page of a running app (one fresh browser context each) into ``out_dir/<page>.png``, and the
+    pages named in `phone_pages` at PHONE_VIEWPORT into ``out_dir/<page>-phone.png`` (AssertionError when a phone
+    page scrolls sideways)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    shots = [(app_page, VIEWPORT, "") for app_page in pages]
+    shots += [(app_page, PHONE_VIEWPORT, "-phone") for app_page in pages if app_page.name in phone_pages]
     results = []
-    for app_page in pages:
-        context = new_context(browser)
+    for app_page, viewport, suffix in shots:
+        context = new_context(browser, viewport=dict(viewport), color_scheme=color_scheme)
         try:
             page = context.new_page()
             open_page(page, app_page.url(base_url))
-            path = out_dir / f"{app_page.name}.png"
+            if suffix:
+                overflow = sideways_scroll(page)
+                assert overflow <= 0, f"{app_page.title} scrolls {overflow} px sideways at {viewport['width']} px"
+            path = out_dir / f"{app_page.name}{suffix}.png"
             results.append((app_page, path, pixel_std(capture_main(page, path))))
         finally:
             context.close()
@@ -321,7 +344,7 @@ def capture_pages(browser: Any, base_url: str, pages: Sequence[AppPage], out_dir
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns 0 when every page was captured and none is blank."""
-    parser = argparse.ArgumentParser(prog="python -m gru_explainer.screenshots", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.screenshots", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="output folder")
     parser.add_argument("--chromium", default=CHROMIUM, help="Chromium executable. Default: %(default)s")
     parser.add_argument("--allow-missing", action="store_true",

@@ -1,4 +1,4 @@
-"""AppTest of the autograd-graph page: defaults, widget changes, the DOT equals the core's, errors shown."""
+"""AppTest of the autograd-graph page: defaults, widget changes, the DOT equals the core's, errors shown, the URL."""
 
 from __future__ import annotations
 
@@ -7,55 +7,102 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig
-from gru_explainer.graph import backward_graph_dot
+from gru_explainer.graph import backward_graph
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "graph.py")
 
 
-def _run(config: ExplainConfig | None = None) -> AppTest:
+def _run(config: ExplainConfig | None = None, query: dict[str, str] | None = None) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=90)
     if config is not None:
         at.session_state["gx_config"] = config
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
     return at.run()
 
 
-def _dot(at: AppTest) -> str:
-    charts = at.get("graphviz_chart")
-    assert len(charts) == 1
-    return charts[0].proto.spec
+def _dots(at: AppTest) -> list[str]:
+    return [chart.proto.spec for chart in at.get("graphviz_chart")]
 
 
-def test_defaults_draw_the_core_graph() -> None:
+def _expected(cfg: ExplainConfig, rankdir: str = "TB", show_parameters: bool = False,
+              every_op: bool = False) -> list[str]:
+    """The page's two charts for `cfg`: the graph (collapsed unless every_op) without its legend, then the legend."""
+    graph = backward_graph(cfg, show_parameters=show_parameters)
+    shown = graph if every_op else graph.collapsed()
+    return [shown.to_dot(rankdir=rankdir, legend=False), shown.legend_dot()]
+
+
+def test_defaults_draw_the_core_graph_on_one_screen() -> None:
     at = _run()
     assert not at.exception and not at.error
-    expected = backward_graph_dot(ExplainConfig(seq_len=3, num_layers=2))
-    assert _dot(at) == expected
+    assert _dots(at) == _expected(ExplainConfig(seq_len=2, num_layers=2))  # T = 2, steps collapsed, no parameters
     text = " ".join(m.value for m in at.markdown)
     assert "Into y" in text and "Into the next step" in text
-    assert "`select`" in text  # y's one consumer, read from the graph
+    assert "`y[:, -1] (select)`" in text  # y's one consumer, read from the graph
+    assert "`z ⊙ h_0 (mul)`" in text and "`W_hh h_0 + b_hh (addmm)`" in text  # h_0's readers, from the full graph
+    full = backward_graph(ExplainConfig(seq_len=2), show_parameters=False)
+    caption = " ".join(c.value for c in at.caption)
+    assert f"11 boxes for {len(full.nodes)} autograd nodes" in caption
+    assert "2 layer(s) from the sidebar" in caption
+
+
+def test_layers_come_from_the_sidebar_only() -> None:
+    at = _run()
+    assert not [s for s in at.slider if s.key == "graph_layers"], "one source of truth: no layers widget on the page"
+    at.number_input(key="gx_num_layers").set_value(1).run()
+    assert not at.exception and not at.error
+    assert _dots(at) == _expected(ExplainConfig(seq_len=2, num_layers=1))
+    at.number_input(key="gx_num_layers").set_value(4).run()
+    assert not at.exception and not at.error and not at.info
+    assert _dots(at) == _expected(ExplainConfig(seq_len=2, num_layers=4))
 
 
 def test_widget_changes_redraw_the_graph() -> None:
-    at = _run(ExplainConfig(cell="lstm", bidirectional=True))
-    at.slider(key="graph_steps").set_value(2).run()
-    at.slider(key="graph_layers").set_value(1).run()
+    at = _run(ExplainConfig(cell="lstm", bidirectional=True, num_layers=1))
+    at.slider(key="graph_steps").set_value(3).run()
     at.radio(key="graph_layout").set_value("LR").run()
-    at.toggle(key="graph_params").set_value(False).run()
+    at.toggle(key="graph_params").set_value(True).run()
+    at.toggle(key="graph_ops").set_value(True).run()
     assert not at.exception and not at.error
-    cfg = ExplainConfig(cell="lstm", bidirectional=True, seq_len=2, num_layers=1)
-    assert _dot(at) == backward_graph_dot(cfg, rankdir="LR", show_parameters=False)
+    cfg = ExplainConfig(cell="lstm", bidirectional=True, seq_len=3, num_layers=1)
+    assert _dots(at) == _expected(cfg, rankdir="LR", show_parameters=True, every_op=True)
     at.text_input(key="graph_target").input("c_n.sum() + y[:, 0].pow(2).mean()").run()
     assert not at.exception and not at.error
-    assert _dot(at) == backward_graph_dot(cfg.replace(target="c_n.sum() + y[:, 0].pow(2).mean()"), rankdir="LR",
-                                          show_parameters=False)
+    assert _dots(at) == _expected(cfg.replace(target="c_n.sum() + y[:, 0].pow(2).mean()"), rankdir="LR",
+                                  show_parameters=True, every_op=True)
+
+
+def test_graph_options_round_trip_the_url() -> None:
+    at = _run()
+    for key in ("graph.steps", "graph.ops", "graph.params", "graph.layout"):
+        assert key not in at.query_params, "defaults stay out of the URL"
+    at.slider(key="graph_steps").set_value(3).run()
+    at.toggle(key="graph_ops").set_value(True).run()
+    at.radio(key="graph_layout").set_value("LR").run()
+    assert at.query_params["graph.steps"] == "3" and at.query_params["graph.ops"] == "1"
+    assert at.query_params["graph.layout"] == "LR" and "graph.params" not in at.query_params
+    fresh = _run(query={"graph.steps": "3", "graph.ops": "1", "graph.layout": "LR"})  # a new session, same URL
+    assert not fresh.exception and not fresh.warning
+    assert _dots(fresh) == _dots(at)
+    bad = _run(query={"graph.steps": "9", "graph.ops": "yes"})
+    assert not bad.exception and len(bad.warning) == 2
+    assert bad.slider(key="graph_steps").value == 2 and bad.toggle(key="graph_ops").value is False
 
 
 def test_sidebar_cell_change_and_answer_gru() -> None:
     at = _run()
     at.selectbox(key="gx_cell").set_value("answer_gru").run()
     assert not at.exception and not at.error
-    cfg = ExplainConfig(cell="answer_gru", num_layers=1, seq_len=3)
-    assert _dot(at) == backward_graph_dot(cfg)
+    assert _dots(at) == _expected(ExplainConfig(cell="answer_gru", num_layers=1, seq_len=2))
+    assert "`z ⊙ h_0 (mul)`" in " ".join(m.value for m in at.markdown)
+
+
+def test_one_step_says_there_is_no_next_step() -> None:
+    at = _run()
+    at.slider(key="graph_steps").set_value(1).run()
+    assert not at.exception and not at.error
+    assert "no step t+1" in " ".join(m.value for m in at.markdown)
 
 
 def test_shared_target_too_long_for_the_tiny_model_falls_back_with_a_notice() -> None:
@@ -63,7 +110,7 @@ def test_shared_target_too_long_for_the_tiny_model_falls_back_with_a_notice() ->
     assert not at.exception and not at.error
     assert at.info and "y[:, 7].sum()" in at.info[0].value
     assert at.text_input(key="graph_target").value == "y[:, -1].sum()"
-    assert _dot(at) == backward_graph_dot(ExplainConfig(seq_len=3))
+    assert _dots(at) == _expected(ExplainConfig(seq_len=2))
 
 
 def test_bad_target_shows_an_error_and_no_exception() -> None:
@@ -76,5 +123,6 @@ def test_bad_target_shows_an_error_and_no_exception() -> None:
     assert not at.exception and at.error
     at.text_input(key="graph_target").input("h_n.sum()").run()
     assert not at.exception and not at.error
-    [y_line] = [line for line in _dot(at).splitlines() if 'label="y = ' in line]
+    [y_line] = [line for line in _dots(at)[0].splitlines() if 'label="y = ' in line]
     assert "dashed" in y_line  # y is drawn off the target's path
+    assert "nothing (the target does not read y)" in " ".join(m.value for m in at.markdown)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from gru_explainer.screenshots import (
+from scripts.screenshots import (
     CHROMIUM,
     ROOT,
     AppPage,

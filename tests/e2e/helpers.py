@@ -6,7 +6,7 @@ import contextlib
 import re
 from typing import Any
 
-from gru_explainer.screenshots import open_page, wait_for_app
+from scripts.screenshots import open_page, wait_for_app
 
 TARGET_LINE = re.compile(r"^Target\s.+\s=\s")
 NUMBER = r"(-?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|-?inf|nan)"

@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import expect
 
 from gru_explainer import ExplainConfig, explain
-from gru_explainer.screenshots import new_context, wait_for_app
 from gru_explainer.urlstate import config_to_query
+from scripts.screenshots import new_context, wait_for_app
 
 from .helpers import page_url, verdict_line, verdict_value
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from gru_explainer.screenshots import ROOT, StreamlitServer, app_pages, open_page
+from scripts.screenshots import ROOT, StreamlitServer, app_pages, open_page
 
 from .conftest import server_env
 from .helpers import page_url, visit
@@ -65,7 +65,7 @@ def test_first_session_on_a_fresh_server_may_deep_link(browser):
     the navigation). That is why our pages live in `app_pages/`. A fresh server, not the shared one, makes this
     test independent of test order.
     """
-    from gru_explainer.screenshots import new_context
+    from scripts.screenshots import new_context
 
     with StreamlitServer(ROOT, env=server_env()) as fresh:
         ctx = new_context(browser)
@@ -78,3 +78,14 @@ def test_first_session_on_a_fresh_server_may_deep_link(browser):
             assert width > 900, "app.py did not run for the first session (no wide layout)"
         finally:
             ctx.close()
+
+
+def test_favicon_and_every_request_stay_on_the_server(page, base_url):
+    """Offline-safe: the favicon is an inline emoji and the home page fetches nothing from another host."""
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    visit(page, page_url(base_url, "/"))
+    href = page.locator("link[rel='shortcut icon']").get_attribute("href") or ""
+    assert href.startswith("data:image/svg+xml"), f"the favicon is fetched from {href[:80]!r}"
+    outside = [url for url in requests if not url.startswith((base_url, "data:", "blob:"))]
+    assert not outside, f"the page fetched from other hosts: {outside[:5]}"

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from gru_explainer import pitfalls as P
-from gru_explainer.screenshots import new_context, wait_for_app
+from scripts.screenshots import new_context, wait_for_app
 
 from .helpers import field, page_url, visit
 
