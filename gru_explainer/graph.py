@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import ExplainConfig, Limits
+from .config import CELL_LABELS, ExplainConfig, Limits
 from .errors import ConfigError
 from .explain import compile_target
 from .models import SeedAnswerGRU, UnrolledTwin, build
@@ -83,7 +83,6 @@ PATH_LEGEND = {
 LEGEND_WIDTH = "3.6"
 """Legend entries share one width (inches) with room to spare: the browser's font can be wider than the one
 Graphviz measured, and text must stay inside its box."""
-CELL_NAMES = {"gru": "GRU", "lstm": "LSTM", "rnn_tanh": "RNN", "rnn_relu": "RNN", "answer_gru": "answer GRU"}
 
 # What each op of a cell step computes, by role (see `_role`); {t} is the step, {p} the previous state's symbol.
 ROLE_LABELS: dict[str, str] = {
@@ -350,7 +349,7 @@ def _attrs(attrs: dict[str, str]) -> str:
 
 def _title(cfg: ExplainConfig) -> str:
     dirs = ", bidirectional" if cfg.bidirectional else ""
-    return (f"target = {cfg.target}\n{CELL_NAMES.get(cfg.cell, cfg.cell)}, {cfg.num_layers} layer(s){dirs}, "
+    return (f"target = {cfg.target}\n{CELL_LABELS.get(cfg.cell, cfg.cell)}, {cfg.num_layers} layer(s){dirs}, "
             f"T = {cfg.seq_len}; arrows: forward data flow")
 
 
@@ -373,7 +372,7 @@ def _where(cfg: ExplainConfig, layer: int, d: int) -> str:
 
 
 def _step_name(cfg: ExplainConfig, layer: int, d: int, t: int) -> str:
-    return f"{CELL_NAMES.get(cfg.cell, cfg.cell)} step t = {t} ({_where(cfg, layer, d)})"
+    return f"{CELL_LABELS.get(cfg.cell, cfg.cell)} step t = {t} ({_where(cfg, layer, d)})"
 
 
 def short_op(name: str) -> str:

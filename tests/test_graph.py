@@ -375,3 +375,13 @@ def test_role_labels_fill_every_placeholder() -> None:
     for text in ROLE_LABELS.values():
         filled = _fill(text, TINY, 1, 1, 0)
         assert "{" not in filled and "}" not in filled
+
+
+def test_cells_are_named_with_the_one_label_map() -> None:
+    from gru_explainer.config import CELL_LABELS
+
+    for cell in ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru"):
+        graph = backward_graph(TINY.replace(cell=cell, num_layers=1, seq_len=2))
+        assert f"\n{CELL_LABELS[cell]}, 1 layer(s)" in _unquote(re.search(r"label=(" + _STRING + ")", graph.to_dot(
+            ).splitlines()[1]).group(1))
+        assert f"{CELL_LABELS[cell]} step t = 1 (layer 0)" in graph.to_dot()
