@@ -12,13 +12,11 @@ from gru_explainer.explain import compile_target
 from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS, backward_graph, graph_facts
 
 FALLBACK_TARGET = "y[:, -1].sum()"
-LAYOUTS = {"TB": "top to bottom", "LR": "left to right"}
 OPTIONS: dict[str, tuple[Any, Any]] = {
     # session key: (default, parser of the URL's text); the URL key is "graph.<name>" (dotted keys belong to pages)
     "graph_steps": (2, lambda text: int(text) if text.isdigit() and 1 <= int(text) <= MAX_GRAPH_STEPS else None),
     "graph_ops": (False, {"1": True, "0": False}.get),
     "graph_params": (False, {"1": True, "0": False}.get),
-    "graph_layout": ("TB", lambda text: text if text in LAYOUTS else None),
 }
 
 
@@ -62,7 +60,7 @@ def _fits(cfg: ExplainConfig) -> bool:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _graph(fields: tuple[tuple[str, Any], ...], rankdir: str, show_parameters: bool,
+def _graph(fields: tuple[tuple[str, Any], ...], show_parameters: bool,
            every_op: bool) -> tuple[str, str, dict[str, Any]]:
     """The graph's and its legend's DOT strings and facts; `h0_ops` (who reads the top h_0) from the full graph."""
     graph = backward_graph(ExplainConfig(**dict(fields)), show_parameters=show_parameters)
@@ -70,7 +68,7 @@ def _graph(fields: tuple[tuple[str, Any], ...], rankdir: str, show_parameters: b
     facts = graph_facts(shown)
     full = graph_facts(graph)
     facts["h0_ops"], facts["autograd_nodes"] = full["h0_consumers"], full["nodes"]
-    return shown.to_dot(rankdir=rankdir, legend=False), shown.legend_dot(), facts
+    return shown.to_dot(rankdir="TB", legend=False), shown.legend_dot(), facts
 
 
 cfg = ui.config_sidebar()
@@ -79,7 +77,7 @@ st.caption("The backward graph of a tiny unrolled model, drawn by walking `grad_
            "target. Arrows show the forward data flow; gradients travel against them.")
 
 _options_from_url()
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3 = st.columns(3)
 steps = c1.slider("Steps drawn", 1, MAX_GRAPH_STEPS, key="graph_steps",
                   help=f"The graph grows by one copy of the cell per step; at most {MAX_GRAPH_STEPS} are drawn. "
                        "Everything else (cell, layers, direction, head) comes from the sidebar.")
@@ -88,7 +86,6 @@ every_op = c2.toggle("Every autograd op", key="graph_ops",
                           "computes (its autograd name below).")
 show_parameters = c3.toggle("Show parameters", key="graph_params",
                             help="Parameters are AccumulateGrad leaves (their transposes are folded in).")
-rankdir = c4.radio("Layout", list(LAYOUTS), format_func=LAYOUTS.__getitem__, key="graph_layout", horizontal=True)
 _options_to_url()
 
 layers = min(cfg.num_layers, MAX_GRAPH_LAYERS)
@@ -109,7 +106,7 @@ target = st.text_input("Target", key="graph_target",
 tiny = tiny.replace(target=target)
 
 try:
-    dot, legend, facts = _graph(tuple(tiny.to_dict().items()), rankdir, bool(show_parameters), bool(every_op))
+    dot, legend, facts = _graph(tuple(tiny.to_dict().items()), bool(show_parameters), bool(every_op))
 except Exception as err:  # the core's ConfigError / TargetError name the field; never a traceback on the page
     ui.show_error(err)
     st.stop()
@@ -119,22 +116,19 @@ st.caption(f"{tiny.num_layers} layer(s) from the sidebar, {directions}, {tiny.se
            f"{facts['nodes']} boxes for {facts['autograd_nodes']} autograd nodes"
            + (f" ({facts['states']} of them states); a dashed frame holds one step's ops." if every_op else
               "; each state box holds its step's gate ops (switch on *Every autograd op* to see them)."))
-if rankdir == "TB":  # a tall graph: its legend beside it (under it on a phone, where columns stack)
-    left, right = st.columns([3, 2])
-    left.graphviz_chart(dot, width="content")
-    right.graphviz_chart(legend, width="content")
-else:  # a wide graph: the full width, its legend under it
-    st.graphviz_chart(dot, width="stretch")
-    st.graphviz_chart(legend, width="content")
+# Top to bottom at its natural size (a left-to-right layout of the same graph is a strip too wide to read), the
+# legend beside it; on a phone the columns stack and both shrink to the column's width.
+left, right = st.columns([3, 2])
+left.graphviz_chart(dot, width="content")
+right.graphviz_chart(legend, width="content")
 
 st.subheader("Two gradient paths out of every h_t")
 y_read = ", ".join(f"`{c}`" for c in facts["y_consumers"]) or "nothing (the target does not read y)"
 h_read = ", ".join(f"`{c}`" for c in facts["h0_ops"])
 if tiny.seq_len == 1:
     h_read += " (with one step drawn there is no step t+1: draw two or more to see that edge)"
-states = ", ".join(f"h_{t}" for t in range(tiny.seq_len)) if tiny.seq_len <= 2 else f"h_0, …, h_{tiny.seq_len - 1}"
 st.markdown(f"""
-1. **Into y.** `y = stack({states})` is a *new* tensor made after the loop ran. In this graph
+1. **Into y.** `{facts['y_label']}` is a *new* tensor made after the loop ran. In this graph
    y is read by {y_read} and by nothing else, so backward gives `y.grad` only what the target reads of y
    directly: the partial derivative ∂L/∂y, exactly zero at every step the target does not index.
 2. **Into the next step.** Each h_t is also read by the ops of step t+1 of its layer and by the layer above. For

@@ -330,6 +330,7 @@ def graph_facts(graph: BackwardGraph) -> dict[str, Any]:
         "edges": len(graph.edges),
         "autograd_nodes": sum(n.ops for n in graph.nodes.values()),
         "y_consumers": [name(c) for c in graph.consumers(graph.y_id)],
+        "y_label": graph.nodes[graph.y_id].label.split("\n")[0],
         "y_on_path": graph.nodes[graph.y_id].on_target_path,
         "h0_consumers": [name(c) for c in graph.consumers(h0)] if h0 else [],
         "states": len(graph.hidden_ids) + len(graph.cell_ids),

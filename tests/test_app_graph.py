@@ -25,12 +25,11 @@ def _dots(at: AppTest) -> list[str]:
     return [chart.proto.spec for chart in at.get("graphviz_chart")]
 
 
-def _expected(cfg: ExplainConfig, rankdir: str = "TB", show_parameters: bool = False,
-              every_op: bool = False) -> list[str]:
+def _expected(cfg: ExplainConfig, show_parameters: bool = False, every_op: bool = False) -> list[str]:
     """The page's two charts for `cfg`: the graph (collapsed unless every_op) without its legend, then the legend."""
     graph = backward_graph(cfg, show_parameters=show_parameters)
     shown = graph if every_op else graph.collapsed()
-    return [shown.to_dot(rankdir=rankdir, legend=False), shown.legend_dot()]
+    return [shown.to_dot(rankdir="TB", legend=False), shown.legend_dot()]
 
 
 def test_defaults_draw_the_core_graph_on_one_screen() -> None:
@@ -40,6 +39,7 @@ def test_defaults_draw_the_core_graph_on_one_screen() -> None:
     text = " ".join(m.value for m in at.markdown)
     assert "Into y" in text and "Into the next step" in text
     assert "`y[:, -1] (select)`" in text  # y's one consumer, read from the graph
+    assert "`y = stack(h_0..h_1)` is a *new* tensor" in text
     assert "`z ⊙ h_0 (mul)`" in text and "`W_hh h_0 + b_hh (addmm)`" in text  # h_0's readers, from the full graph
     full = backward_graph(ExplainConfig(seq_len=2), show_parameters=False)
     caption = " ".join(c.value for c in at.caption)
@@ -61,28 +61,28 @@ def test_layers_come_from_the_sidebar_only() -> None:
 def test_widget_changes_redraw_the_graph() -> None:
     at = _run(ExplainConfig(cell="lstm", bidirectional=True, num_layers=1))
     at.slider(key="graph_steps").set_value(3).run()
-    at.radio(key="graph_layout").set_value("LR").run()
     at.toggle(key="graph_params").set_value(True).run()
     at.toggle(key="graph_ops").set_value(True).run()
     assert not at.exception and not at.error
     cfg = ExplainConfig(cell="lstm", bidirectional=True, seq_len=3, num_layers=1)
-    assert _dots(at) == _expected(cfg, rankdir="LR", show_parameters=True, every_op=True)
+    assert _dots(at) == _expected(cfg, show_parameters=True, every_op=True)
+    assert "`y = cat(forward and reverse stacks of h_0..h_2)` is a *new* tensor" in at.markdown[0].value
     at.text_input(key="graph_target").input("c_n.sum() + y[:, 0].pow(2).mean()").run()
     assert not at.exception and not at.error
-    assert _dots(at) == _expected(cfg.replace(target="c_n.sum() + y[:, 0].pow(2).mean()"), rankdir="LR",
-                                  show_parameters=True, every_op=True)
+    assert _dots(at) == _expected(cfg.replace(target="c_n.sum() + y[:, 0].pow(2).mean()"), show_parameters=True,
+                                  every_op=True)
 
 
 def test_graph_options_round_trip_the_url() -> None:
     at = _run()
-    for key in ("graph.steps", "graph.ops", "graph.params", "graph.layout"):
+    assert not at.radio, "one layout (top to bottom): left to right was an unreadable strip"
+    for key in ("graph.steps", "graph.ops", "graph.params"):
         assert key not in at.query_params, "defaults stay out of the URL"
     at.slider(key="graph_steps").set_value(3).run()
     at.toggle(key="graph_ops").set_value(True).run()
-    at.radio(key="graph_layout").set_value("LR").run()
     assert at.query_params["graph.steps"] == "3" and at.query_params["graph.ops"] == "1"
-    assert at.query_params["graph.layout"] == "LR" and "graph.params" not in at.query_params
-    fresh = _run(query={"graph.steps": "3", "graph.ops": "1", "graph.layout": "LR"})  # a new session, same URL
+    assert "graph.params" not in at.query_params
+    fresh = _run(query={"graph.steps": "3", "graph.ops": "1"})  # a new session, same URL
     assert not fresh.exception and not fresh.warning
     assert _dots(fresh) == _dots(at)
     bad = _run(query={"graph.steps": "9", "graph.ops": "yes"})

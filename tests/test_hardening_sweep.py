@@ -243,8 +243,8 @@ def test_flow_sweep() -> None:
 
 def test_graph_sweep() -> None:
     at = _page("graph")
-    baseline = _sidebar_baseline(SMALL) | {"graph_steps": 3, "graph_ops": False, "graph_layout": "TB",
-                                           "graph_params": True, "graph_target": SMALL.target}
+    baseline = _sidebar_baseline(SMALL) | {"graph_steps": 3, "graph_ops": False, "graph_params": True,
+                                           "graph_target": SMALL.target}
     # The graph draws a tiny model (T <= 4, the sidebar's layers) whatever the sidebar's T: no state-size error here.
     cases: list[Case] = sidebar_cases(SMALL, DEVICES, over_limit="ok", out_of_range=False)
     cases += [("steps=1", {"graph_steps": 1}, "ok"),
@@ -252,7 +252,6 @@ def test_graph_sweep() -> None:
               ("layers=1", {"gx_num_layers": 1}, "ok"),
               (f"layers={MAX_GRAPH_LAYERS}", {"gx_num_layers": MAX_GRAPH_LAYERS}, "ok"),
               ("every op", {"graph_ops": True}, "ok"), ("steps collapsed", {"graph_ops": False}, "ok"),
-              ("layout LR", {"graph_layout": "LR"}, "ok"), ("layout TB", {"graph_layout": "TB"}, "ok"),
               ("no parameters", {"graph_params": False}, "ok"), ("parameters", {"graph_params": True}, "ok"),
               ("target h_n", {"graph_target": "h_n.sum()"}, "ok"),
               ("target beyond the tiny T", {"graph_target": "y[:, 9].sum()"}, "error"),
