@@ -301,9 +301,11 @@ def cudnn_eval_problem(device: str = "cuda") -> None:
 
 
 def cudnn_eval_fix(device: str = "cuda") -> None:
-    """Run the forward without cuDNN (or in train mode, which only differs with dropout)."""
+    """Run the forward without cuDNN, or under gru_explainer.watch (its backward is not cuDNN's)."""
     import torch
     from torch import nn
+
+    import gru_explainer as gx
 
     torch.manual_seed(0)
     gru = nn.GRU(input_size=3, hidden_size=4, batch_first=True).to(device)
@@ -313,8 +315,12 @@ def cudnn_eval_fix(device: str = "cuda") -> None:
         y, h_n = gru(x)        # the native kernel: backward works in eval mode
     y[:, -1].sum().backward()
     print(x.grad.abs().sum(-1))
-    # Not yet: a fix through gru_explainer.watch (per-step gradients of your own module) is planned in
-    # another issue; gru_explainer has no `watch` today.
+    x.grad = None
+    with gx.watch(gru) as rec:  # the fused forward, the explainer's own backward: every dL/dh_t too
+        y, h_n = gru(x)
+        y[:, -1].sum().backward()
+    print(x.grad.abs().sum(-1))
+    print(tuple(rec.calls[0].hidden_grad.shape))  # [layers, directions, batch, steps, hidden]
 
 
 def cudnn_double_problem(device: str = "cuda") -> None:
@@ -344,7 +350,7 @@ def cudnn_double_fix(device: str = "cuda") -> None:
     (g,) = torch.autograd.grad(y[:, -1].sum(), x, create_graph=True)
     g.pow(2).sum().backward()
     print(gru.weight_hh_l0.grad.norm())
-    # Not yet: gru_explainer.watch (planned in another issue) does not exist today.
+    # gru_explainer.watch does not help here: its backward is once-differentiable (no gradient of a gradient).
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -748,9 +754,10 @@ PITFALLS: tuple[Pitfall, ...] = (
             "forward keeps, so torch refuses backward after `eval()` (a frequent surprise when computing "
             "saliency or attributions). Running the forward with `torch.backends.cudnn.flags(enabled=False)` "
             "uses torch's own kernel, which has no such limit; `train()` works too and computes the same function "
-            "when the GRU has no dropout.",
+            "when the GRU has no dropout. `gru_explainer.watch` keeps the fused forward and replaces the backward "
+            "with its own (no cuDNN backward is called), and records every dL/dh_t on the way.",
         expect_problem=Expect(error=RuntimeError, message=CUDNN_EVAL_MESSAGE),
-        expect_fix=Expect(no_warnings=True),
+        expect_fix=Expect(printed=("(1, 1, 2, 5, 4)",), no_warnings=True),
         expect_problem_cpu=Expect(printed=("tensor(",), no_warnings=True),
         explorer=(("num_layers", "1"), ("seq_len", "5"), ("device", "auto")),
         explorer_label="the explorer on this machine's best device (`auto` prefers a GPU)",

@@ -144,13 +144,35 @@ def test_the_code_shown_is_the_code_that_runs(pitfall: P.Pitfall) -> None:
     assert "eval(" not in pitfall.code.replace(".eval()", "") and "exec(" not in pitfall.code
 
 
-def test_the_cudnn_fixes_say_gru_explainer_watch_does_not_exist_yet() -> None:
-    import gru_explainer
+def test_the_cudnn_eval_fix_through_watch_gives_the_same_input_gradient() -> None:
+    printed = _printed(P.cudnn_eval_fix, device="cpu")
+    without_cudnn, under_watch, shape = printed.split("tensor(")[1], *printed.split("tensor(")[2].rsplit("\n(", 1)
+    assert without_cudnn.strip() == under_watch.strip()  # without cuDNN and under watch: the same dL/dx (printed)
+    assert "(" + shape.strip() == "(1, 1, 2, 5, 4)"
 
-    assert not hasattr(gru_explainer, "watch")
-    for pitfall in CUDNN_CARDS:
-        comment = pitfall.fix_code[pitfall.fix_code.index("# Not yet"):]
-        assert "gru_explainer.watch" in comment and "does not exist" in comment or "has no `watch`" in comment
+
+def test_watch_does_not_help_double_backward_as_the_card_says() -> None:
+    """The double-backward card says watch's backward is once-differentiable: a gradient of a gradient raises."""
+    import gru_explainer as gx
+
+    assert "once-differentiable" in P.get("cudnn-double").fix_code
+    gru = torch.nn.GRU(3, 4, batch_first=True)
+    x = torch.rand(2, 5, 3, requires_grad=True)
+    with gx.watch(gru):
+        y, _ = gru(x)
+        (g,) = torch.autograd.grad(y[:, -1].sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError):
+            g.pow(2).sum().backward()
+
+
+def _printed(fn, **kwargs) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fn(**kwargs)
+    return out.getvalue()
 
 
 def test_run_captures_without_touching_stdout_or_the_warning_filters(capsys: pytest.CaptureFixture[str]) -> None:
