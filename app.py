@@ -18,6 +18,7 @@ PAGES = [
     ("app_pages/graph.py", "Autograd graph", ":material/account_tree:"),
     ("app_pages/devices.py", "Devices & engines", ":material/memory:"),
     ("app_pages/pitfalls.py", "Pitfalls", ":material/report_problem:"),
+    ("app_pages/your_model.py", "Your model", ":material/upload_file:"),
 ]
 
 
