@@ -264,7 +264,7 @@ def pixel_std(png: bytes | Path) -> float:
         return float(np.asarray(image.convert("L"), dtype=float).std())
 
 
-def capture_main(page: Any, path: Path, max_height: int = 12_000) -> bytes:
+def capture_main(page: Any, path: Path, max_height: int = 20_000) -> bytes:
     """Screenshot the main area at full height: grow the viewport to the content, then shoot `stMain`."""
     size = page.viewport_size or VIEWPORT
     width, min_height = size["width"], size["height"]

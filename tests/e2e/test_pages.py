@@ -13,11 +13,11 @@ from .conftest import server_env
 from .helpers import page_url, visit
 
 pytestmark = pytest.mark.e2e
-EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices", "pitfalls"]
+EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices", "pitfalls", "your_model"]
 PAGES = app_pages(ROOT)
 
 
-def test_app_declares_the_six_pages():
+def test_app_declares_every_page():
     assert [p.url_path for p in PAGES] == EXPECTED_PATHS
     missing = [p.file for p in PAGES if not (ROOT / p.file).exists()]
     assert not missing, f"app.py lists pages whose files do not exist (they are silently left out): {missing}"
