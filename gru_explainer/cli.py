@@ -1,5 +1,9 @@
 """Command line: ``python -m gru_explainer explain [options] --out DIR`` (static export, no browser).
 
+``explain --state-dict FILE [--inputs CSV] [--module PREFIX] --out DIR`` explains the user's own trained module
+instead (`gru_explainer.state_dict`): its architecture comes from the file, the input is seeded random
+(--batch-size, --seq-len, --seed) or the CSV, and the target (--target) is differentiated inside `watch`.
+
 Exit codes: 0 written; 2 bad options, config or target (one message on stderr, no traceback);
 1 the export failed for another reason (e.g. the folder is not writable, a missing renderer).
 """
@@ -17,6 +21,7 @@ from typing import Any
 
 from .config import CELLS, DTYPES, ENGINES, HEADS, PRESETS, ExplainConfig, Limits, available_devices
 from .errors import ConfigError, TargetError
+from .state_dict import MAX_FILE_BYTES, MAX_UPLOAD_MB, RNN_NONLINEARITIES, StateDictError
 
 DEFAULT = ExplainConfig()
 LIMIT_MODES = ("hosted", "local")
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub = commands.add_parser(
         "explain",
-        usage="%(prog)s --out DIR [--preset NAME] [--engine fused|twin] [config options] [output options]",
+        usage="%(prog)s --out DIR [--preset NAME | --state-dict FILE [--inputs CSV]] [--engine fused|twin] "
+              "[config options] [output options]",
         help="compute one explanation and write CSV, JSON and every chart (PNG + SVG) to a folder",
         description="Compute where the gradient of a target goes and write report.csv (tidy frame), report.json "
                     "(config, target value, verdict, shapes, per-step norms), verdict.md and the explorer's charts "
@@ -128,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limits", choices=LIMIT_MODES, default=None,
                      help="size limits: hosted (the demo's) or local (generous). "
                           "Default: GRU_EXPLAINER_LIMITS or hosted")
+    own = sub.add_argument_group("your own model (instead of a generated one)")
+    own.add_argument("--state-dict", type=Path, metavar="FILE", default=None,
+                     help="a .pt/.pth file of torch.save(model.state_dict()) holding an nn.GRU / nn.LSTM / nn.RNN "
+                          "(keys like weight_ih_l0, optionally prefixed: encoder.weight_ih_l0); read with "
+                          f"torch.load(weights_only=True), at most {MAX_UPLOAD_MB} MB. The architecture comes from "
+                          "the file: only --target, --dtype, --batch-size, --seq-len and --seed (random input) apply")
+    own.add_argument("--inputs", type=Path, metavar="CSV", default=None,
+                     help="input sequences for --state-dict: a header 'sequence,step,<input_size feature columns>' "
+                          "and one row per (sequence, step), steps 0..T-1, the same T for every sequence. "
+                          "Default: seeded standard-normal input (--batch-size, --seq-len, --seed)")
+    own.add_argument("--module", metavar="PREFIX", default=None,
+                     help="which recurrent module of --state-dict (its key prefix, e.g. encoder) when the file holds "
+                          "several")
+    own.add_argument("--nonlinearity", choices=RNN_NONLINEARITIES, default=None,
+                     help="nn.RNN's nonlinearity (a state_dict does not store it). Default: tanh")
     group = sub.add_argument_group("config (ExplainConfig fields; defaults are ExplainConfig's, limits the hosted "
                                    "demo's)")
     devices = ", ".join(["auto", *available_devices()])
@@ -197,6 +218,108 @@ def _option_hint(message: str) -> str:
     return f" (option {_option(found[0])})" if found else ""
 
 
+_NOT_WITH_STATE_DICT = ("preset", "config", "cell", "num_layers", "input_size", "hidden_size", "bidirectional", "head",
+                        "head_size", "weight_scale")
+"""Options that describe a generated model: the architecture of --state-dict comes from the file instead."""
+
+
+def _read_file(path: Path, option: str) -> bytes:
+    """The bytes of a user's file, refusing a missing, unreadable or too large one (StateDictError)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise StateDictError("too_large", f"{path}: {size:,} bytes is too large; at most {MAX_FILE_BYTES:,} "
+                                 f"bytes ({MAX_UPLOAD_MB} MB) are accepted")
+        return path.read_bytes()
+    except OSError as err:
+        raise StateDictError("not_torch", f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def _state_dict_option_error(args: argparse.Namespace) -> str | None:
+    """The message for options that do not go with --state-dict (or need it); None when they fit."""
+    if args.state_dict is None:
+        for name in ("inputs", "module", "nonlinearity"):
+            if getattr(args, name) is not None:
+                return f"argument {_option(name)}: needs --state-dict FILE"
+        return None
+    for name in _NOT_WITH_STATE_DICT:
+        if getattr(args, name) is not None:
+            return (f"argument {_option(name)}: not allowed with --state-dict (the architecture comes from the "
+                    "file)")
+    if args.engine != "fused":
+        return "argument --engine: only the fused engine explains a --state-dict (through watch)"
+    if args.device not in (None, "cpu"):
+        return "argument --device: a --state-dict model runs on the CPU (--device cpu)"
+    if args.inputs is not None:
+        for name in ("batch_size", "seq_len", "seed"):
+            if getattr(args, name) is not None:
+                return f"argument {_option(name)}: not allowed with --inputs (the CSV gives the sequences)"
+    return None
+
+
+def _explain_state_dict(args: argparse.Namespace, explain_parser: argparse.ArgumentParser,
+                        limits: Limits | None) -> int:
+    """`explain --state-dict FILE`: the user's own module through watch, written like any report."""
+    from .export import ExportError, write_report
+    from .state_dict import (
+        explain_state_dict,
+        load_state_dict,
+        normalise_prefix,
+        pick_module,
+        random_inputs,
+        read_sequences,
+    )
+
+    message = _state_dict_option_error(args)
+    if message is not None:
+        explain_parser.error(message)
+    option = "--state-dict"
+    try:
+        name = str(args.state_dict)
+        state = load_state_dict(_read_file(args.state_dict, option), name)
+        prefix = normalise_prefix(args.module) if args.module is not None else None
+        spec = pick_module(state, prefix, name, limits)
+        if args.inputs is not None:
+            option = "--inputs"
+            x = read_sequences(_read_file(args.inputs, option), spec.input_size, str(args.inputs), limits)
+        else:
+            x = random_inputs(spec, args.batch_size or DEFAULT.batch_size, args.seq_len or DEFAULT.seq_len,
+                              DEFAULT.seed if args.seed is None else args.seed)
+        option = "--state-dict"
+        dtype = args.dtype or ("float64" if spec.dtype == "float64" else "float32")
+        result = explain_state_dict(state, spec, x, args.target or DEFAULT.target, args.nonlinearity or "tanh",
+                                    dtype, limits)
+        message = _heatmap_error(args, result.config)
+        if message is not None:
+            explain_parser.error(message)
+        fields = {"config": result.config.to_dict(), "target": result.config.target, "target_value": result.loss,
+                  "verdict": result.verdict,
+                  "model": {"file": args.state_dict.name, "prefix": spec.prefix, "cell": result.config.cell,
+                            "num_layers": spec.num_layers, "input_size": spec.input_size,
+                            "hidden_size": spec.hidden_size, "bidirectional": spec.bidirectional, "bias": spec.bias,
+                            "num_parameters": spec.num_parameters, "file_dtype": spec.dtype,
+                            "inputs": args.inputs.name if args.inputs is not None else "random"}}
+        paths = write_report(result.report, args.out, scale=args.scale,
+                             heatmap=(args.heatmap_layer, args.heatmap_direction, args.heatmap_batch),
+                             images=not args.no_images, fields=fields)
+    except StateDictError as err:
+        hint = " with --module PREFIX" if err.kind == "several_modules" else ""
+        explain_parser.error(f"argument {option}: {err}{hint}")
+    except TargetError as err:
+        explain_parser.error(f"invalid --target: {err}")
+    except ConfigError as err:
+        explain_parser.error(f"invalid config: {err}{_option_hint(str(err))}")
+    except ExportError as err:
+        print(f"{explain_parser.prog}: export failed: {err}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"target {result.config.target} = {result.loss} (watch on {spec.label}, cpu); wrote {len(paths)} "
+              f"files to {args.out}:")
+        for path in paths:
+            print(f"  {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 export failed, 2 bad input)."""
     from .export import ExportError, export_report
@@ -207,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = None
     if args.limits is not None:
         limits = Limits.local() if args.limits == "local" else Limits()
+    if args.state_dict is not None or _state_dict_option_error(args) is not None:
+        return _explain_state_dict(args, explain_parser, limits)
     try:
         cfg = config_from_args(args)
         cfg.validate(limits)

@@ -182,8 +182,12 @@ def export_report(
 
 
 def write_report(report: GradientReport, out_dir: str | Path, *, scale: float = DEFAULT_SCALE,
-                 heatmap: tuple[int, int, int] = (0, 0, 0), images: bool = True) -> list[Path]:
-    """Write an already computed report (see `export_report`); returns the written paths."""
+                 heatmap: tuple[int, int, int] = (0, 0, 0), images: bool = True,
+                 fields: dict[str, Any] | None = None) -> list[Path]:
+    """Write an already computed report (see `export_report`); returns the written paths.
+
+    `fields` set or replace entries of report.json (and so verdict.md), e.g. a watched call's own verdict.
+    """
     check_heatmap(report.config, *heatmap)
     specs = chart_specs(report, heatmap) if images else {}
     if images:
@@ -195,6 +199,7 @@ def write_report(report: GradientReport, out_dir: str | Path, *, scale: float = 
         report.frame.to_csv(written[0], index=False, na_rep="NaN")
         document = report_dict(report)
         document["heatmap"] = dict(zip(("layer", "direction", "batch"), heatmap, strict=True))
+        document.update(fields or {})
         document["files"] = [p.name for p in written] + [f"{n}.{ext}" for n in specs for ext in IMAGE_FORMATS]
         written[1].write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")

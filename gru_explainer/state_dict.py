@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .config import CELL_LABELS, DTYPES, ExplainConfig, Limits
 from .errors import ConfigError, TargetError
 from .report import GradientReport
+from .target import parse_target
 
 MAX_UPLOAD_MB = 32
 """The largest file accepted, in MB (MiB); `.streamlit/config.toml`'s server.maxUploadSize is the same number."""
@@ -550,7 +551,12 @@ def explain_state_dict(state: Mapping[str, Tensor], spec: RecurrentSpec, inputs:
         raise ConfigError(f"inputs must have shape [batch, steps, {spec.input_size}], got {list(inputs.shape)}")
     cfg = explain_config(spec, int(inputs.shape[0]), int(inputs.shape[1]), target, nonlinearity, dtype)
     cfg.validate(limits)
-    parsed = compile_target(cfg)  # names y, h_n (c_n for LSTM); shapes checked, must be a scalar
+    available = ("y", "h_n", "c_n") if spec.cell == "lstm" else ("y", "h_n")
+    unknown = sorted(parse_target(target).names - set(available))
+    if unknown:
+        raise TargetError(f"{unknown[0]} is not an output of your {spec.cell.upper()}; a target reads "
+                          f"{', '.join(available)}" + (" (c_n exists for an LSTM only)" if "c_n" in unknown else ""))
+    parsed = compile_target(cfg)  # shapes checked, must be a scalar
     module = build_module(state, spec, nonlinearity, dtype)
     x = inputs.to(cfg.torch_dtype).clone().requires_grad_(True)
     with torch.enable_grad(), watch(module) as rec:

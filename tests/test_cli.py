@@ -301,3 +301,156 @@ def test_unwritable_out_exits_1(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main(["explain", "--no-images", "--out", str(blocker / "sub")]) == 1
     assert "export failed" in capsys.readouterr().err
+
+
+# --- explain --state-dict: the user's own model (issue 11 item 7) -------------------------------------------------
+
+
+def _save_state(path: Path, state: dict) -> Path:
+    import torch
+
+    torch.save(state, path)
+    return path
+
+
+def _watched_verdict(module, x, target: str) -> tuple[str, float]:
+    """gx.watch run here on a batch-first float32 twin of `module`: the verdict and loss the CLI must write."""
+    import torch
+    from torch import nn
+
+    import gru_explainer as gx
+    from gru_explainer.target import parse_target
+
+    twin = type(module)(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
+                        batch_first=True, bidirectional=module.bidirectional)
+    twin.load_state_dict(module.state_dict())
+    twin.eval()
+    xx = x.to(torch.float32).clone().requires_grad_()
+    with gx.watch(twin) as rec:
+        y, finals = twin(xx)
+        named = {"y": y, "h_n": finals[0], "c_n": finals[1]} if isinstance(twin, nn.LSTM) else {"y": y, "h_n": finals}
+        loss = parse_target(target).evaluate(named)
+        loss.backward()
+    return rec.calls[0].verdict(), float(loss)
+
+
+def test_state_dict_export_writes_the_watched_call(tmp_path, capsys):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    encoder, decoder = nn.GRU(3, 5, num_layers=2), nn.LSTM(5, 4, bidirectional=True)
+    path = _save_state(tmp_path / "model.pt", {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                                               **{f"decoder.{k}": v for k, v in decoder.state_dict().items()}})
+    out = tmp_path / "out"
+    argv = ["explain", "--state-dict", str(path), "--module", "decoder", "--target", "c_n.sum() + y[:, 2].sum()",
+            "--batch-size", "3", "--seq-len", "6", "--seed", "4", "--no-images", "--out", str(out)]
+    assert main(argv) == 0
+    assert "decoder. — LSTM" in capsys.readouterr().out
+    x = torch.randn((3, 6, 5), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    verdict, loss = _watched_verdict(decoder, x, "c_n.sum() + y[:, 2].sum()")
+    data = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    assert data["verdict"] == verdict
+    assert (out / VERDICT_NAME).read_text(encoding="utf-8").strip() == verdict.strip()
+    assert data["target_value"] == loss and data["target"] == "c_n.sum() + y[:, 2].sum()"
+    assert data["engine"] == "watch"
+    assert data["model"] | {"file": None} == {"file": None, "prefix": "decoder.", "cell": "lstm", "num_layers": 1,
+                                              "input_size": 5, "hidden_size": 4, "bidirectional": True, "bias": True,
+                                              "num_parameters": sum(p.numel() for p in decoder.parameters()),
+                                              "file_dtype": "float32", "inputs": "random"}
+    assert data["shapes"]["hidden_grad"] == [1, 2, 3, 6, 4]
+    assert len(read_frame(out / CSV_NAME)) > 0
+
+
+def test_state_dict_with_csv_inputs_and_images(tmp_path):
+    import torch
+    from torch import nn
+
+    from gru_explainer.state_dict import sequences_csv
+
+    torch.manual_seed(1)
+    module = nn.GRU(2, 3)
+    path = _save_state(tmp_path / "gru.pth", module.state_dict())
+    x = torch.randn(2, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (tmp_path / "in.csv").write_text(sequences_csv(x), encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_cli("explain", "--state-dict", str(path), "--inputs", str(tmp_path / "in.csv"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
+    assert data["verdict"] == _watched_verdict(module, x, "y[:, -1].sum()")[0]
+    assert sorted(data["files"]) == sorted(EXPECTED_FILES)
+    assert all((out / name).stat().st_size > 0 for name in EXPECTED_FILES)
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.marker}",))
+
+
+def test_bad_state_dict_files_exit_2_with_one_message(tmp_path):
+    import torch
+    from torch import nn
+
+    marker = tmp_path / "pwned"
+    good = tmp_path / "good.pt"
+    torch.save(nn.GRU(3, 4).state_dict(), good)
+    files = {
+        "evil.pt": (lambda p: torch.save({"weight_ih_l0": _Evil(str(marker))}, p), "refused, nothing was run"),
+        "text.pt": (lambda p: p.write_text("hello"), "not a PyTorch file"),
+        "tensor.pt": (lambda p: torch.save(torch.zeros(2), p), "not a state dict"),
+        "cut.pt": (lambda p: p.write_bytes(good.read_bytes()[:200]), "truncated or damaged"),
+        "shapes.pt": (lambda p: torch.save({"weight_ih_l0": torch.zeros(12, 3), "weight_hh_l0": torch.zeros(10, 4)}, p),
+                      "impossible shapes"),
+        "two.pt": (lambda p: torch.save({"a.weight_ih_l0": torch.zeros(4, 3), "a.weight_hh_l0": torch.zeros(4, 4),
+                                         "b.weight_ih_l0": torch.zeros(4, 3), "b.weight_hh_l0": torch.zeros(4, 4)}, p),
+                   "pick one by its key prefix with --module PREFIX"),
+        "big.pt": (lambda p: torch.save(nn.GRU(3, 300).state_dict(), p), "hidden size 300; at most 256"),
+    }
+    for name, (write, needle) in files.items():
+        path = tmp_path / name
+        write(path)
+        out = tmp_path / f"out-{name}"
+        result = run_cli("explain", "--state-dict", str(path), "--no-images", "--out", str(out))
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and needle in errors[0], (name, result.stderr)
+        assert f"argument --state-dict: {path}: " in errors[0]
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not out.exists()
+    assert not marker.exists(), "the malicious pickle ran"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--cell", "lstm"], "argument --cell: not allowed with --state-dict (the architecture comes from the file)"),
+    (["--preset", "seed-mymodel"], "argument --preset: not allowed with --state-dict"),
+    (["--engine", "twin"], "argument --engine: only the fused engine explains a --state-dict"),
+    (["--target", "out.sum()"], "invalid --target: out is not an output of your GRU; a target reads y, h_n"),
+    (["--inputs", "in.csv", "--seq-len", "4"], "argument --seq-len: not allowed with --inputs"),
+    (["--inputs", "missing.csv"], "argument --inputs: missing.csv: cannot read it"),
+    (["--inputs", "in.csv"], "argument --inputs: in.csv: 1 feature column(s) (a); this module's input size is 3"),
+    (["--module", "nope"], "no recurrent module has the prefix 'nope.'"),
+    (["--heatmap-batch", "2"], "argument --heatmap-batch: must be between 0 and 1"),
+])
+def test_state_dict_option_errors_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    import torch
+    from torch import nn
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(nn.GRU(3, 4).state_dict(), tmp_path / "m.pt")
+    (tmp_path / "in.csv").write_text("sequence,step,a\n0,0,1\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--state-dict", "m.pt", *argv, "--no-images", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "o").exists()
+
+
+def test_inputs_without_state_dict_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--inputs", "x.csv", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "argument --inputs: needs --state-dict FILE" in capsys.readouterr().err
