@@ -157,7 +157,8 @@ def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport 
 
 REPORT_CHARTS = {
     "norm": lambda report, log_scale: charts.gradient_norm_chart(report.frame, log_scale),
-    "heatmap": lambda report, layer, direction, batch: charts.unit_heatmap(report.unit_frame(layer, direction, batch)),
+    "heatmap": lambda report, layer, direction, batch, log_magnitude=False: charts.unit_heatmap(
+        report.unit_frame(layer, direction, batch), log_magnitude),
     "input": lambda report: charts.input_grad_chart(report.frame),
     "puzzle": lambda report: charts.puzzle_chart(report.frame, report.config.target),
 }
@@ -166,18 +167,39 @@ REPORT_CHARTS = {
 
 @st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
 def _chart_spec(fields: tuple[tuple[str, Any], ...], engine: str, kind: str, args: tuple) -> dict:
-    """Build and serialise a report chart once: Altair's construction and validation cost ~0.1 s per chart."""
-    return REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict()
+    """Build, serialise and lay out a report chart once: Altair's construction and validation cost ~0.1 s a chart."""
+    return charts.page_layout(REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict())
 
 
 def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused") -> None:
     """Draw chart `kind` (see REPORT_CHARTS) of explain(cfg) from a cached spec; shows the error if cfg is invalid."""
     try:
-        spec = _chart_spec(tuple(cfg.to_dict().items()), engine, kind, tuple(args))
+        layout = _chart_spec(tuple(cfg.to_dict().items()), engine, kind, tuple(args))
     except Exception as err:  # the same errors cached_explain reports; never a traceback
         show_error(err)
         return
-    st.vega_lite_chart(spec=spec, width="content" if "facet" in spec else "stretch")
+    show_layout(layout)
+
+
+def show_chart(chart: Any) -> None:
+    """Draw an Altair chart (or its spec dict) as every page does: see `show_layout`."""
+    show_layout(charts.page_layout(chart if isinstance(chart, dict) else chart.to_dict()))
+
+
+def show_layout(layout: dict) -> None:
+    """Draw a `charts.page_layout`: the title and subtitle as text (it wraps on any screen), then each row's panels
+    side by side in columns filling the page (Streamlit stacks columns on a phone), every panel labelled."""
+    if layout["title"]:
+        st.markdown(f"**{md_escape(layout['title'])}**")
+    if layout["subtitle"]:
+        st.caption("  \n".join(md_escape(line) for line in layout["subtitle"]))
+    labelled = len(layout["rows"]) > 1 or any(len(row) > 1 for row in layout["rows"])
+    for row in layout["rows"]:
+        for column, (label, spec) in zip(st.columns(len(row), vertical_alignment=layout["align"]), row, strict=True):
+            with column:
+                if labelled and label:
+                    st.markdown(f"**{md_escape(label)}**")
+                st.vega_lite_chart(spec=spec, width="stretch")
 
 
 @st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
@@ -229,6 +251,57 @@ def _census(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...]) -> pd
 def cached_census(cfg: ExplainConfig, devices: tuple[str, ...]) -> pd.DataFrame:
     """The devices page's autograd census of the fused module per device, cached on the config and devices."""
     return _census(tuple(cfg.to_dict().items()), tuple(devices))
+
+
+GLOSSARY = {
+    "twin": "The unrolled twin: the same cell with the same weights, written as a Python loop over the time steps, "
+            "so every h_t is a node of the autograd graph. The devices page uses the CPU twin as the reference.",
+    "adjoint": "The adjoint recursion dL/dh_{t-1} = ∂L/∂h_{t-1} (read directly) + (∂h_t/∂h_{t-1})ᵀ dL/dh_t, run "
+               "backwards over the fused module's states: the fast engine's way to every dL/dh_t without unrolling.",
+    "anchor / read step": "The step where the target reads the most gradient directly (from y, h_n or the layer "
+                          "above). The flow page counts distances from it (k = 0).",
+    "TF32": "TensorFloat-32: the tensor-core format NVIDIA GPUs may use for float32 matmuls (10-bit mantissa), so "
+            "float32 results on a GPU differ slightly from the CPU's; the devices page allows for it.",
+    "reserve space": "The buffer cuDNN's fused RNN kernel keeps from its forward for its backward; the per-step "
+                     "states live there, inside one autograd node, so autograd never shows them as tensors.",
+    "structural zero": "A gradient that is exactly 0 because no graph path leads from the tensor to the target, "
+                       "e.g. y[:, t] at a step the target does not read.",
+    "zero on a path": "A path to the target exists, but the true value is exactly 0: a dead ReLU unit, a zero factor "
+                      "or an exact cancellation in the target.",
+    "underflow": "The true value is not 0, but too small for the dtype (or a denormal flushed to 0), so it shows as "
+                 "0; the charts draw it at its true size and the tooltip gives it.",
+}
+"""Short definitions of the terms the pages use (`glossary` shows them)."""
+
+
+def glossary(terms: tuple[str, ...] | None = None) -> None:
+    """A "Glossary" popover with the definitions of `terms` (default: all of GLOSSARY)."""
+    with st.popover("Glossary", icon=":material/menu_book:", help="What the terms on this page mean."):
+        st.markdown("\n".join(f"- **{term}**: {md_escape(GLOSSARY[term])}" for term in terms or GLOSSARY))
+
+
+def file_stem(cfg: ExplainConfig) -> str:
+    """A file name stem naming the config: cell, layers, direction, sizes, head, T, B, seed, dtype, scale, target."""
+    target = re.sub(r"[^0-9A-Za-z]+", "-", cfg.target.replace("-1", "last")).strip("-")[:40] or "target"
+    parts = [cfg.cell, f"L{cfg.num_layers}", "bi" if cfg.bidirectional else "", f"I{cfg.input_size}",
+             f"H{cfg.hidden_size}", f"head{cfg.head_size}" if cfg.head != "none" else "", f"T{cfg.seq_len}",
+             f"B{cfg.batch_size}", f"seed{cfg.seed}", cfg.dtype, f"ws{cfg.weight_scale:g}", target]
+    return "_".join(p for p in parts if p)
+
+
+def report_csv(report: GradientReport) -> bytes:
+    """The report's frame as CSV, with the config (and so the target) in leading `config.*` columns."""
+    config = {f"config.{name}": value for name, value in report.config.to_dict().items()}
+    return report.frame.assign(**config)[[*config, *report.frame.columns]].to_csv(index=False).encode()
+
+
+def report_json(report: GradientReport) -> bytes:
+    """The report as strict JSON (`gru_explainer.export.report_dict`)."""
+    import json
+
+    from gru_explainer.export import report_dict
+
+    return (json.dumps(report_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 def _widget_values(cfg: ExplainConfig, devices: list[str], limits: Limits) -> dict[str, Any]:
@@ -309,4 +382,5 @@ def config_sidebar() -> ExplainConfig:
 
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
-           "md_escape", "offer_cpu", "report_chart", "set_shared_config", "shared_config", "show_error"]
+           "file_stem", "glossary", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
+           "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout"]

@@ -18,7 +18,10 @@ def _only_cpu() -> None:
 
 
 cfg = ui.config_sidebar()
-st.title("Devices & engines")
+title_col, glossary_col = st.columns([5, 1], vertical_alignment="bottom")
+title_col.title("Devices & engines")
+with glossary_col:
+    ui.glossary(("twin", "adjoint", "TF32", "reserve space"))
 st.caption("The current config, explained on every device of this machine with both engines, against the CPU "
            "twin as the reference: how far apart the gradients are, and how long each takes.")
 
@@ -86,8 +89,8 @@ st.dataframe(shown, hide_index=True, column_config={
     "reference": st.column_config.CheckboxColumn("reference", help="The CPU twin: the numbers everything is "
                                                  "compared with."),
 })
-st.altair_chart(difference_chart(table), width="content")
-st.altair_chart(timing_chart(table), width="content")
+ui.show_chart(difference_chart(table))
+ui.show_chart(timing_chart(table))
 
 st.subheader("Why a fused kernel hides h_t")
 st.markdown(WHY_FUSED)

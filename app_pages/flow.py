@@ -12,6 +12,7 @@ import ui
 from gru_explainer import Limits
 from gru_explainer.charts import decay_chart, rate_chart
 from gru_explainer.flow import cell_label, decay_rates, describe_rate, describe_sweep, sweep
+from gru_explainer.urlstate import ViewParam, view_from_query, view_to_query
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
 DEFAULT_CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -56,6 +57,32 @@ def _to_url(key: str, values: list, default: list) -> None:
         st.query_params[key] = text
 
 
+VIEW = "gx_flow_view"
+"""The layer / direction the page follows, by URL key (kept across page switches, mirrored in the URL)."""
+VIEW_PARAMS = (ViewParam("flow.layer", int, None, low=0, high=Limits.from_env().max_num_layers - 1),
+               ViewParam("flow.direction", str, "forward", choices=("forward", "reverse")))
+
+
+def _view_from_url() -> None:
+    """On the page's first run in a session, read the followed layer and direction from the URL (with notices)."""
+    if VIEW not in st.session_state:
+        values, notices = view_from_query(st.query_params.to_dict(), VIEW_PARAMS)
+        for notice in notices:
+            st.warning(ui.md_escape(notice), icon=":material/link_off:")
+        st.session_state[VIEW] = values
+
+
+def _view_to_url() -> None:
+    """Mirror the non-default followed layer / direction in the URL."""
+    wanted = view_to_query(st.session_state[VIEW], VIEW_PARAMS)
+    for spec in VIEW_PARAMS:
+        if spec.key in wanted:
+            if st.query_params.get(spec.key) != wanted[spec.key]:
+                st.query_params[spec.key] = wanted[spec.key]
+        else:
+            st.query_params.pop(spec.key, None)
+
+
 def _pick(profile: pd.DataFrame, layer: int, direction: str) -> pd.DataFrame:
     """The rows of the chosen layer and direction; a cell with fewer layers shows its top layer."""
     parts = []
@@ -70,7 +97,10 @@ def _rate_text(rate: float) -> str:
 
 
 cfg = ui.config_sidebar()
-st.title("Gradient flow through time")
+title_col, glossary_col = st.columns([5, 1], vertical_alignment="bottom")
+title_col.title("Gradient flow through time")
+with glossary_col:
+    ui.glossary(("anchor / read step", "structural zero", "underflow"))
 st.caption("Backpropagation through time multiplies dL/dh_t by one Jacobian ∂h_t/∂h_{t-1} per step back, so its "
            "size changes roughly geometrically with the distance from the step the target reads. Compare cells, "
            "then sweep the sequence length and the weight scale.")
@@ -87,13 +117,20 @@ if not cells:
 
 col_layer, col_dir = st.columns(2)
 layers = list(range(cfg.num_layers))
-if st.session_state.get("flow_layer") not in layers:
+_view_from_url()
+if "flow_layer" not in st.session_state:  # first run, or back from another page: the stored view
+    st.session_state["flow_layer"] = st.session_state[VIEW].get("flow.layer", layers[-1])
+if st.session_state["flow_layer"] not in layers:
     st.session_state["flow_layer"] = layers[-1]
 layer = col_layer.selectbox("Layer", layers, key="flow_layer", help="Layer of h_t to follow (top = the one y stacks).")
 direction = "forward"
 if cfg.bidirectional:
+    st.session_state.setdefault("flow_direction", st.session_state[VIEW].get("flow.direction", "forward"))
     direction = col_dir.radio("Direction", ["forward", "reverse"], key="flow_direction", horizontal=True,
                               help="Distance counts processing steps: the reverse direction runs from t = T-1 to 0.")
+    st.session_state[VIEW]["flow.direction"] = direction
+st.session_state[VIEW]["flow.layer"] = None if layer == layers[-1] else int(layer)
+_view_to_url()
 
 try:
     profile = sweep(cfg, cells=cells, profile=ui.cached_profile, skip_errors=True)
@@ -108,7 +145,7 @@ if profile.empty:
 shown = _pick(profile, int(layer), direction)
 rates = decay_rates(shown)
 st.subheader(f"‖dL/dh_t‖ vs steps back, T = {cfg.seq_len}, weight scale {cfg.weight_scale:g}")
-st.altair_chart(decay_chart(shown, rates), width="content")
+ui.show_chart(decay_chart(shown, rates))
 
 with st.expander("How this is measured"):
     st.markdown(
@@ -186,7 +223,7 @@ if skipped:
 if swept.empty:
     st.stop()
 swept_rates = decay_rates(_pick(swept, int(layer), direction))
-st.altair_chart(rate_chart(swept_rates), width="content")
+ui.show_chart(rate_chart(swept_rates))
 table = swept_rates.assign(cell=swept_rates["cell"].map(cell_label)).pivot(
     index=["cell", "seq_len"], columns="weight_scale", values="rate").reset_index()
 table.columns = ["cell", "T", *[f"scale {c:g}" for c in table.columns[2:]]]

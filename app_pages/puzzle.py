@@ -9,6 +9,7 @@ import torch
 
 import ui
 from gru_explainer import ExplainConfig
+from gru_explainer.urlstate import config_to_query
 
 MY_MODEL = '''class MyModel(nn.Module):
     def __init__(self):
@@ -150,4 +151,4 @@ for path, label, icon in [
     ("app_pages/devices.py", "Devices & engines: fused vs unrolled, CPU vs GPU", ":material/memory:"),
 ]:
     with contextlib.suppress(Exception):  # a page not (yet) in this app's navigation gets no link
-        st.page_link(path, label=label, icon=icon)
+        st.page_link(path, label=label, icon=icon, query_params=config_to_query(ui.shared_config()))

@@ -337,15 +337,15 @@ def _band_group(rows: pd.DataFrame, height: int, width: int, x: alt.X, color, sh
     layers: list[alt.Chart] = []
     shade = base.transform_aggregate(n="count()").mark_rect(color=GUIDE_GRAY, opacity=0.12)
     if rows.attrs["band_labels"]:
-        layers.append(shade.encode(x=alt.value(0), x2=alt.value(width),
+        layers.append(shade.encode(x=alt.value(0), x2=alt.value("width"),
                                    y=alt.YDatum(height + BAND_GAP - 3, **band_y), y2=alt.Y2Datum(bottom)))
     if rows.attrs["top_band"]:
-        layers.append(shade.encode(x=alt.value(0), x2=alt.value(width), y=alt.YDatum(top, **band_y),
+        layers.append(shade.encode(x=alt.value(0), x2=alt.value("width"), y=alt.YDatum(top, **band_y),
                                    y2=alt.Y2Datum(-2)))
     rule = base.transform_aggregate(n="count()").mark_rule(color=GUIDE_GRAY, strokeDash=[5, 3], strokeWidth=1.2)
     for value, _ in rows.attrs["limits"]:
-        layers.append(rule.encode(x=alt.value(0), x2=alt.value(width), y=alt.YDatum(_value_px(value, rows, height),
-                                                                                      **band_y)))
+        layers.append(rule.encode(x=alt.value(0), x2=alt.value("width"),
+                                  y=alt.YDatum(_value_px(value, rows, height), **band_y)))
     band_px = f"datum.band_row < 0 ? {_band_px(-1, height)} : {height + BAND_GAP + BAND_STEP // 2} + " \
               f"{BAND_STEP} * datum.band_row"
     points = base.transform_filter("isValid(datum.band_row)").transform_calculate(_band_px=band_px).mark_point(
@@ -952,3 +952,172 @@ def difference_chart(table: pd.DataFrame) -> alt.LayerChart:
         "Do the engines and devices agree?",
         subtitle="Points: largest absolute difference per gradient; gray ticks: the tolerance. Exact zeros sit on "
                  "the dashed floor line."))
+
+
+# --- page layout ------------------------------------------------------------------------------------------------------
+# A page shows a chart's spec through `page_layout`: the title apart (text that wraps at any width), and the facet
+# panels as separate single views that fill their container. What the charts encode is unchanged; only sizes move.
+
+PHONE_PLOT_PX = 420
+"""Below this plot width (a phone's column) legends stack into one column."""
+LEGEND_LABEL_PX = 280
+"""A legend label's width limit on wide screens; on a phone the plot's width minus a margin."""
+
+
+def _title_lines(title: object) -> tuple[str, list[str]]:
+    """A Vega-Lite title (text or {text, subtitle}) as (title, subtitle lines)."""
+    if isinstance(title, dict):
+        text, subtitle = title.get("text", ""), title.get("subtitle", [])
+    else:
+        text, subtitle = title or "", []
+    text = " ".join(text) if isinstance(text, list) else str(text)
+    return text, [subtitle] if isinstance(subtitle, str) else [str(line) for line in subtitle]
+
+
+def _fluid(spec: dict) -> dict:
+    """`spec` (a single or layered view) filling its container's width: the width moves to the top as "container",
+    autosize fit-x counts axes and labels in, and legends stack into one column on a phone-width plot."""
+    def walk(node: object, top: bool) -> None:
+        if isinstance(node, dict):
+            if not top:
+                node.pop("width", None)
+            for key, value in node.items():
+                if key == "legend" and isinstance(value, dict):
+                    _fluid_legend(value, node)
+                else:
+                    walk(value, False)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, False)
+
+    out = json.loads(json.dumps(spec))
+    walk(out, True)
+    # Several top legends go one under the other on a phone-width plot (side by side they would be cut off).
+    out.setdefault("config", {}).setdefault("legend", {})["layout"] = {"expr": (
+        f"{{top: {{anchor: 'start', direction: width < {PHONE_PLOT_PX} ? 'vertical' : 'horizontal', margin: 6}}, "
+        f"bottom: {{anchor: 'start', direction: width < {PHONE_PLOT_PX} ? 'vertical' : 'horizontal', margin: 6}}}}")}
+    out["width"] = "container"
+    out["autosize"] = {"type": "fit-x", "contains": "padding"}
+    out.pop("title", None)
+    return out
+
+
+LABEL_CHAR_PX = 6.5
+"""A conservative width of one legend label character (11 px font), to size legend columns."""
+
+
+def _break_title(title: object) -> object:
+    """A long legend title broken into two lines before its parenthesis (Vega draws a list as lines)."""
+    if isinstance(title, str) and len(title) > 28 and " (" in title:
+        head, tail = title.split(" (", 1)
+        return [head, "(" + tail]
+    return title
+
+
+def _fluid_legend(legend: dict, channel: dict) -> None:
+    """Make a legend fit a plot of any width (legends sit above or below the plot, outside what fit-x sizes): as
+    many columns as its longest label allows, long labels broken into lines at ': ' and ' (' on a phone-width plot
+    instead of cut, a colour bar no longer than the plot and its title on two lines."""
+    narrow = f"width < {PHONE_PLOT_PX}"
+    domain = channel.get("scale", {}).get("domain")
+    longest = max((len(str(v)) for v in domain), default=12) if isinstance(domain, list) else 24
+    entry = round(LABEL_CHAR_PX * longest + 36)
+    if "gradientLength" in legend or channel.get("type") == "quantitative":  # a colour bar
+        legend["gradientLength"] = {"expr": f"min({legend.get('gradientLength', 200)}, max(width - 30, 80))"}
+        legend["title"] = _break_title(legend.get("title", channel.get("title")))
+        return
+    if legend.get("orient", "right") in ("top", "bottom") or "columns" in legend:
+        cap = legend.get("columns") or 6
+        legend["columns"] = {"expr": f"min({cap}, max(1, floor((width + 40) / {entry})))"}
+    legend["labelLimit"] = {"expr": f"{narrow} ? max(width + 40, 160) : {max(entry, LEGEND_LABEL_PX)}"}
+    legend["labelExpr"] = (f"{narrow} && length(datum.label) > 28 ? split(replace(replace(datum.label, ': ', ':\\n'), "
+                           f"' (', '\\n('), '\\n') : datum.label")
+
+
+def _sorted_values(values: list, sort: object) -> list:
+    """Facet header values in the facet's sort order (a list, "ascending" or "descending")."""
+    present = list(dict.fromkeys(values))
+    if isinstance(sort, list):
+        return [v for v in sort if v in present] + [v for v in present if v not in sort]
+    return sorted(present, key=str, reverse=sort == "descending")
+
+
+def page_layout(spec: dict) -> dict:
+    """How a page draws a chart spec (`chart.to_dict()`) at any width: its title and subtitle lines as text, and
+    the chart as rows of panels, each a single view that fills its container.
+
+    A facet becomes one panel per (row, column) value over its own rows of the data (same scales: the charts fix
+    their domains), labelled with the facet's header values; the page places each row's panels side by side, and
+    they stack on a narrow screen. Returns {"title": str, "subtitle": [lines], "rows": [[(label, spec), ...]]}.
+    """
+    title, subtitle = _title_lines(spec.get("title"))
+    concat = "vconcat" if "vconcat" in spec else "hconcat" if "hconcat" in spec else None
+    if concat:  # each view of a concatenation is a panel: one per row (vconcat) or side by side (hconcat)
+        shared = {k: v for k, v in spec.items() if k in ("$schema", "config", "data", "datasets", "transform")}
+        views = [("", {**_fluid({**shared, **view}), **({"title": view["title"]} if "title" in view else {})})
+                 for view in spec[concat]]
+        return {"title": title, "subtitle": subtitle, "rows": [[v] for v in views] if concat == "vconcat" else [views],
+                "align": "top"}
+    if "facet" not in spec:
+        return {"title": title, "subtitle": subtitle, "rows": [[("", _fluid(spec))]], "align": "top"}
+    facet, inner = spec["facet"], spec["spec"]
+    datasets = spec.get("datasets", {})
+    name = spec.get("data", {}).get("name")
+    values = datasets[name] if name in datasets else spec.get("data", {}).get("values", [])
+    row_def, col_def = facet.get("row"), facet.get("column")
+    row_values = _sorted_values([v.get(row_def["field"]) for v in values], row_def.get("sort")) if row_def else [None]
+    col_values = _sorted_values([v.get(col_def["field"]) for v in values], col_def.get("sort")) if col_def else [None]
+    shared = {k: v for k, v in spec.items() if k in ("$schema", "config")}
+    rows = []
+    for row_value in row_values:
+        panels = []
+        for col_value in col_values:
+            subset = [v for v in values if (row_def is None or v.get(row_def["field"]) == row_value)
+                      and (col_def is None or v.get(col_def["field"]) == col_value)]
+            if not subset:
+                continue
+            panel = {**shared, **inner, "data": {"values": subset}}
+            if "resolve" in spec and "resolve" not in inner:
+                panel["resolve"] = spec["resolve"]
+            label = " · ".join(str(v) for v in (row_value, col_value) if v is not None)
+            panels.append((label, panel))
+        if panels:
+            rows.append(panels)
+    # The panels share their scales, so one legend tells all: the first panel draws it, the others none. The page
+    # aligns side-by-side panels at the edge away from the legend, so their plots stay level.
+    legend_at_top = all(leg.get("orient", "right") == "top" for leg in _legends(rows[0][0][1])) if rows else True
+    rows = [[(label, panel if (i, j) == (0, 0) else _without_legends(panel)) for j, (label, panel) in enumerate(row)]
+            for i, row in enumerate(rows)]
+    return {"title": title, "subtitle": subtitle, "rows": [[(label, _fluid(p)) for label, p in row] for row in rows],
+            "align": "bottom" if legend_at_top else "top"}
+
+
+LEGEND_CHANNELS = ("color", "fill", "stroke", "strokeDash", "shape", "size", "opacity")
+
+
+def _leaves(node: object) -> list[dict]:
+    """Every unit spec (a dict with a mark) inside a layered spec."""
+    if isinstance(node, dict):
+        if "mark" in node:
+            return [node]
+        return [leaf for child in node.get("layer", []) for leaf in _leaves(child)]
+    return []
+
+
+def _legend_defs(spec: dict) -> list[dict]:
+    """The encoding definitions of `spec` that can draw a legend (a field on a legend channel)."""
+    return [d for leaf in _leaves(spec) for c, d in leaf.get("encoding", {}).items()
+            if c in LEGEND_CHANNELS and isinstance(d, dict) and "field" in d]
+
+
+def _legends(spec: dict) -> list[dict]:
+    """The legend definitions `spec` draws."""
+    return [d["legend"] for d in _legend_defs(spec) if isinstance(d.get("legend"), dict)]
+
+
+def _without_legends(spec: dict) -> dict:
+    """`spec` with every legend switched off (the layout's first panel draws them)."""
+    out = json.loads(json.dumps(spec))
+    for definition in _legend_defs(out):
+        definition["legend"] = None
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .config import CELLS, DTYPES, HEADS, ExplainConfig, Limits, available_devices
@@ -178,4 +178,71 @@ def _show(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-__all__ = ["config_from_query", "config_to_query"]
+@dataclass(frozen=True)
+class ViewParam:
+    """One view control of a page in the URL: its key (with a dot, e.g. ``explorer.log``), type and default.
+
+    `kind` is bool, int or str; ints must lie in [low, high], strings among `choices` (when given). A default of
+    None means "the page decides" (e.g. the top layer): the key is then written whenever the page gives a value.
+    """
+
+    key: str
+    kind: type
+    default: Any = None
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+
+    def parse(self, raw: str) -> Any:
+        """The typed value of `raw`; ValueError with a reason when it is not one."""
+        text = raw.strip()
+        if len(text) > MAX_VALUE_CHARS:
+            raise ValueError(f"the value is longer than {MAX_VALUE_CHARS} characters")
+        if self.kind is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError("it must be true or false")
+        if self.kind is int:
+            low = -(10**9) if self.low is None else self.low
+            high = 10**9 if self.high is None else self.high
+            if not text.lstrip("+-").isdigit() or not text.isascii() or len(text) > 12 or not low <= int(text) <= high:
+                raise ValueError(f"it must be a whole number between {low} and {high}")
+            return int(text)
+        if self.choices and text not in self.choices:
+            raise ValueError(f"it must be one of {', '.join(self.choices)}")
+        return text
+
+    def text(self, value: Any) -> str:
+        """`value` as URL text."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+
+def view_from_query(params: Mapping[str, str | list[str]], specs: Collection[ViewParam]
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """The view values the URL gives for `specs` (by key; absent keys are left out) and a notice per bad value
+    (it is left out: the page keeps its default). Never raises."""
+    values: dict[str, Any] = {}
+    notices: list[str] = []
+    for spec in specs:
+        raw = params.get(spec.key)
+        if isinstance(raw, list | tuple):
+            raw = raw[-1] if raw else None
+        if raw is None:
+            continue
+        try:
+            values[spec.key] = spec.parse(str(raw))
+        except ValueError as err:
+            default = "the page's default" if spec.default is None else repr(spec.default)
+            notices.append(f"URL parameter {spec.key}={_show(str(raw))} ignored: {err}. Using {default}.")
+    return values, notices
+
+
+def view_to_query(values: Mapping[str, Any], specs: Collection[ViewParam]) -> dict[str, str]:
+    """The URL text of each view value that differs from its spec's default (absent values are skipped)."""
+    return {spec.key: spec.text(values[spec.key]) for spec in specs
+            if spec.key in values and values[spec.key] is not None and values[spec.key] != spec.default}
+
+
+__all__ = ["ViewParam", "config_from_query", "config_to_query", "view_from_query", "view_to_query"]

@@ -13,6 +13,7 @@ import pytest
 from gru_explainer import ExplainConfig, explain
 from gru_explainer.charts import (
     MAX_HEATMAP_CELLS,
+    SERIES,
     STATUS,
     STATUS_SHAPES,
     _band_px,
@@ -21,6 +22,7 @@ from gru_explainer.charts import (
     heatmap_rows,
     input_grad_chart,
     norm_rows,
+    page_layout,
     puzzle_chart,
     unit_heatmap,
 )
@@ -377,3 +379,88 @@ def test_decay_rows_use_true_magnitudes_and_the_zero_band() -> None:
     assert old.band_row[2] == 0 and old.band_row[3] == 0 and old.band_row[4] == -1  # no true size: in the band
     assert (old.plot_y[[2, 3]] < old.plot_y[old.status == "value"].min()).all()
     spec(decay_chart(base))
+
+
+# --- page layout: every chart fills its container, facets become panels ---------------------------------------------
+
+def _walk_nodes(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_nodes(value)
+
+
+def _assert_fluid(panel: dict) -> None:
+    """A single or layered view whose width is the container's; no fixed width anywhere inside."""
+    assert "facet" not in panel and panel["width"] == "container"
+    assert panel["autosize"] == {"type": "fit-x", "contains": "padding"}
+    inner = [n for n in _walk_nodes(panel) if n is not panel and isinstance(n.get("width"), int | float)]
+    assert not inner, "a fixed inner width would keep the chart from shrinking to a phone's column"
+    assert "title" not in panel  # the page shows the title as text that wraps
+
+
+def test_page_layout_splits_facets_into_fluid_panels(lstm_report) -> None:
+    """One panel per layer × direction (top layer first), each over exactly its own rows; together all the rows."""
+    chart = spec(gradient_norm_chart(lstm_report.frame, log_scale=True))
+    layout = page_layout(chart)
+    assert layout["title"] == chart["title"]["text"] and layout["subtitle"] == chart["title"]["subtitle"]
+    labels = [[label for label, _ in row] for row in layout["rows"]]
+    assert labels == [["layer 1 · forward", "layer 1 · reverse"], ["layer 0 · forward", "layer 0 · reverse"]]
+    total = 0
+    for row in layout["rows"]:
+        for label, panel in row:
+            _assert_fluid(panel)
+            rows = pd.DataFrame(panel["data"]["values"])
+            layer, direction = label.split(" · ")
+            assert set(rows["layer_label"]) == {layer} and set(rows["direction"]) == {direction}
+            total += len(rows)
+    assert total == len(data(chart))
+    # One legend for all panels: the first draws it, the others none (the page aligns their plots' bottoms).
+    legends = [[n for n in _walk_nodes(p) if "field" in n and isinstance(n.get("legend"), dict)]
+               for row in layout["rows"] for _, p in row]
+    assert legends[0] and not any(legends[1:]) and layout["align"] == "bottom"
+
+
+def test_page_layout_heatmap_panels_share_the_symmetric_domain(lstm_report) -> None:
+    chart = spec(unit_heatmap(lstm_report.unit_frame(1, 0)))
+    layout = page_layout(chart)
+    (row,) = layout["rows"]
+    assert [label for label, _ in row] == [SERIES[q] for q in ("stacked_output", "hidden_state", "cell_state")]
+    domains = {json.dumps(n["scale"]["domain"]) for _, p in row for n in _walk_nodes(p)
+               if n.get("field") == "value" and "scale" in n}
+    (domain,) = domains
+    low, high = json.loads(domain)
+    assert low == -high > 0 or low == -high
+    assert layout["align"] == "top"  # the heatmap's legend is below its panel
+
+
+@pytest.mark.parametrize("make", [
+    lambda r: puzzle_chart(r.frame), lambda r: input_grad_chart(r.frame),
+    lambda r: gradient_norm_chart(r.frame, False),
+])
+def test_page_layout_of_single_views_and_phone_legends(lstm_report, make) -> None:
+    """A single view stays one panel that fills its container; legends get as many columns as fit and break long
+    labels into lines on a phone-width plot (never cut)."""
+    layout = page_layout(spec(make(lstm_report)))
+    for row in layout["rows"]:
+        for _, panel in row:
+            _assert_fluid(panel)
+            for legend in (n["legend"] for n in _walk_nodes(panel) if "field" in n and isinstance(n.get("legend"),
+                                                                                                   dict)):
+                assert "width <" in legend["labelExpr"] and "width <" in legend["labelLimit"]["expr"]
+
+
+def test_fluid_panels_render_in_vega_at_phone_and_desktop_widths(lstm_report) -> None:
+    """Each panel compiles and renders at a phone's and a desktop's column width, never wider than that."""
+    vlc = pytest.importorskip("vl_convert")
+    layout = page_layout(spec(gradient_norm_chart(lstm_report.frame, log_scale=True)))
+    for width in (358, 900):
+        for row in layout["rows"]:
+            for _, panel in row:
+                fixed = {**panel, "width": width}
+                svg = vlc.vegalite_to_svg(json.dumps(fixed))
+                drawn = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
+                assert drawn <= width + 1, (width, drawn)

@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from gru_explainer import ExplainConfig, Limits
 from gru_explainer.explain import compile_target
-from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
+from gru_explainer.urlstate import (
+    FIELD_NAMES,
+    ViewParam,
+    config_from_query,
+    config_to_query,
+    view_from_query,
+    view_to_query,
+)
 
 DEFAULT = ExplainConfig()
 ROUND_TRIP = [
@@ -126,3 +133,33 @@ def test_any_query_gives_a_valid_config(params: dict) -> None:
     assert all(isinstance(n, str) and n for n in notices)
     # Writing it back and reading again is clean (a stale URL is repaired once).
     assert config_from_query(config_to_query(cfg)) == (cfg, [])
+
+
+# --- view parameters (page-owned, dotted keys) ------------------------------------------------------------------------
+
+VIEW_SPECS = (ViewParam("explorer.log", bool, True), ViewParam("explorer.batch", int, 0, low=0, high=63),
+              ViewParam("explorer.layer", int, None, low=0, high=3),
+              ViewParam("explorer.direction", str, "forward", choices=("forward", "reverse")))
+
+
+@pytest.mark.parametrize("values", [
+    {"explorer.log": False}, {"explorer.batch": 5}, {"explorer.layer": 0}, {"explorer.direction": "reverse"},
+    {"explorer.log": False, "explorer.batch": 63, "explorer.layer": 3, "explorer.direction": "reverse"},
+])
+def test_view_values_round_trip(values: dict) -> None:
+    query = view_to_query(values, VIEW_SPECS)
+    assert all(isinstance(v, str) for v in query.values())
+    assert view_from_query(query, VIEW_SPECS) == (values, [])
+
+
+def test_view_defaults_are_not_written() -> None:
+    assert view_to_query({"explorer.log": True, "explorer.batch": 0, "explorer.layer": None,
+                          "explorer.direction": "forward"}, VIEW_SPECS) == {}
+
+
+@pytest.mark.parametrize(("key", "raw"), [("explorer.log", "maybe"), ("explorer.batch", "-1"),
+                                          ("explorer.batch", "64"), ("explorer.batch", "1.5"),
+                                          ("explorer.direction", "sideways"), ("explorer.layer", "x" * 700)])
+def test_bad_view_values_are_dropped_with_a_notice(key: str, raw: str) -> None:
+    values, notices = view_from_query({key: raw, "cell": "lstm"}, VIEW_SPECS)
+    assert values == {} and len(notices) == 1 and key in notices[0]

@@ -23,7 +23,8 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-NORM_CHART, HEATMAP, INPUT_CHART = 0, 1, 2
+NORM_CHART, HEATMAP, INPUT_CHART = 0, 2, 4
+"""Chart elements at the defaults: two norm panels (layer 1, layer 0), two heatmap panels, the input chart."""
 TARGET = "Target (scalar to differentiate)"
 
 
@@ -34,9 +35,9 @@ def query_of(tab) -> dict[str, str]:
 
 def test_default_view_matches_the_core(page, base_url):
     visit(page, page_url(base_url, "/explorer"))
-    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(3)
+    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(5)
     line = verdict_line(page)
-    expect(line).to_contain_text("(GRU, 2 layer(s), unidirectional, T = 10, on cpu)")
+    expect(line).to_contain_text("(GRU, 2 layer(s), unidirectional, T = 10, float32, on cpu)")
     assert verdict_value(line.inner_text()) == pytest.approx(explain(ExplainConfig()).target_value, rel=1e-4)
 
 
@@ -82,10 +83,13 @@ def test_a_bad_target_shows_an_error_not_an_exception(page, base_url):
     expect(error).to_contain_text("__import__")
     expect(error).to_contain_text("not allowed")
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-    # Fixing the target brings the charts back.
+    # The last valid result stays under the error, marked as such.
+    expect(page.locator('[data-testid="stAlertContentWarning"]')).to_contain_text("last valid result")
+    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(5)
+    # Fixing the target clears the error and the mark.
     type_into(page, target, "y.sum()")
     expect(error).to_have_count(0)
-    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(3)
+    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(5)
     expect(verdict_line(page)).to_contain_text("y.sum()")
 
 
@@ -98,10 +102,11 @@ def test_url_query_params_set_the_view(page, base_url):
     expect(field(page, "Sequence length T", "stSidebar")).to_have_value("7")
     expect(field(page, TARGET)).to_have_value(cfg.target)
     line = verdict_line(page)
-    expect(line).to_contain_text("(LSTM, 2 layer(s), bidirectional, T = 7, on cpu)")
+    expect(line).to_contain_text("(LSTM, 2 layer(s), bidirectional, T = 7, float32, on cpu)")
     assert verdict_value(line.inner_text()) == pytest.approx(explain(cfg).target_value, rel=1e-4)
     norm = chart_svg(page, NORM_CHART)
-    assert "reverse" in norm and "dL/dc_t" in norm, "a bidirectional LSTM's chart has reverse panels and c_t"
+    assert "dL/dc_t" in norm, "a bidirectional LSTM's chart has c_t"
+    expect(page.get_by_text("layer 1 · reverse", exact=True)).to_be_visible()  # and reverse panels
     assert query_of(page) == {"cell": "lstm", "bidirectional": "true", "seq_len": "7", "target": cfg.target}
 
 

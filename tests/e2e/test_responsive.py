@@ -1,0 +1,138 @@
+"""Every page at a desktop's 1400×900 and a phone's 390×844, light and dark: nothing pans sideways, every chart is
+drawn inside its container with its legend whole, and on a phone the navigation closes after a page switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from scripts.screenshots import ROOT, app_pages, new_context, open_page
+
+from .helpers import settle
+
+pytestmark = pytest.mark.e2e
+PAGES = app_pages(ROOT)
+DESKTOP = {"width": 1400, "height": 900}
+PHONE = {"width": 390, "height": 844}
+PHONE_DEVICE = {"viewport": PHONE, "is_mobile": True, "has_touch": True, "device_scale_factor": 2,
+                "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+                              "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}
+"""A phone as a browser reports it (touch, mobile user agent): what Streamlit's phone layout keys on."""
+CHART_QUERY = {"explorer": "cell=lstm&bidirectional=true", "flow": "", "devices": "", "": ""}
+"""The richest view of each page: three heatmap panels and four norm panels for a bidirectional LSTM."""
+
+LAYOUT_PROBLEMS = """() => {
+    const problems = [];
+    const doc = document.scrollingElement, main = document.querySelector('[data-testid="stMain"]');
+    if (doc.scrollWidth > innerWidth) problems.push(`the page is ${doc.scrollWidth} px wide in ${innerWidth}`);
+    if (main && main.scrollWidth > main.clientWidth)
+        problems.push(`the main area pans ${main.scrollWidth - main.clientWidth} px`);
+    document.querySelectorAll('[data-testid="stVegaLiteChart"]').forEach((chart, i) => {
+        const svg = chart.querySelector('svg');
+        if (!svg) { problems.push(`chart #${i} drew nothing`); return; }
+        const box = chart.getBoundingClientRect(), drawn = svg.getBoundingClientRect();
+        if (drawn.right > box.right + 1 || drawn.left < box.left - 1)
+            problems.push(`chart #${i}: ${Math.round(drawn.width)} px wide in ${Math.round(box.width)} px`);
+        if (drawn.right > innerWidth + 1) problems.push(`chart #${i} ends at ${Math.round(drawn.right)} px`);
+        svg.querySelectorAll('g.role-legend').forEach(legend => {
+            const b = legend.getBoundingClientRect();
+            if (b.width && (b.right > drawn.right + 1 || b.left < drawn.left - 1))
+                problems.push(`chart #${i}: a legend is clipped (${Math.round(b.left)}..${Math.round(b.right)})`);
+            legend.querySelectorAll('text').forEach(t => {
+                if (t.textContent.endsWith('…')) problems.push(`chart #${i}: legend label cut: ${t.textContent}`);
+            });
+        });
+    });
+    return problems;
+}"""
+
+
+def layout_problems(tab: Any) -> list[str]:
+    """What overflows on the page: sideways panning, charts wider than their container, legends cut."""
+    return tab.evaluate(LAYOUT_PROBLEMS)
+
+
+def chart_count(tab: Any) -> int:
+    return tab.locator('[data-testid="stVegaLiteChart"] svg').count()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+@pytest.mark.parametrize("app_page", PAGES, ids=[p.name for p in PAGES])
+def test_every_page_fits_every_screen(browser, base_url, app_page, viewport, scheme) -> None:
+    """No sideways scroll, charts inside their containers, legends whole, at both widths and in both themes."""
+    options = dict(PHONE_DEVICE) if viewport is PHONE else {"viewport": dict(viewport)}
+    context = new_context(browser, color_scheme=scheme, **options)
+    try:
+        tab = context.new_page()
+        open_page(tab, app_page.url(base_url, CHART_QUERY.get(app_page.url_path, "")))
+        if app_page.url_path in ("", "explorer", "flow", "devices"):
+            # A first dark-theme load can rerun once more (the browser reports its theme): wait for the charts.
+            expect(tab.locator('[data-testid="stVegaLiteChart"] svg').first).to_be_visible()
+            settle(tab)
+            assert chart_count(tab) >= 1
+        problems = layout_problems(tab)
+        assert not problems, f"{app_page.title} at {viewport['width']} px ({scheme}):\n" + "\n".join(problems)
+    finally:
+        context.close()
+
+
+def test_dark_theme_draws_chart_text_in_the_theme(browser, base_url) -> None:
+    """In the dark theme the page background is dark and the axis labels are light (readable), not black."""
+    context = new_context(browser, color_scheme="dark")
+    try:
+        tab = context.new_page()
+        open_page(tab, base_url + "/")
+        colours = tab.evaluate("""() => {
+            const app = getComputedStyle(document.querySelector('[data-testid="stApp"]')).backgroundColor;
+            const label = document.querySelector('[data-testid="stVegaLiteChart"] g.role-axis-label text');
+            return [app, label ? label.getAttribute('fill') || getComputedStyle(label).fill : null];
+        }""")
+        def luminance(colour: str) -> float:
+            if colour.startswith("#"):
+                parts = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+            else:
+                parts = [int(float(p)) for p in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
+            return sum(w * p for w, p in zip((0.2126, 0.7152, 0.0722), parts, strict=True)) / 255
+        background, label = colours
+        assert label is not None and luminance(background) < 0.2 < luminance(label), colours
+    finally:
+        context.close()
+
+
+def test_explorer_panels_sit_side_by_side_on_desktop_and_stack_on_a_phone(browser, base_url) -> None:
+    """The bidirectional panels of one layer share a row at 1400 px and stack, full width, at 390 px."""
+    for options, side_by_side in (({"viewport": dict(DESKTOP)}, True), (dict(PHONE_DEVICE), False)):
+        context = new_context(browser, **options)
+        try:
+            tab = context.new_page()
+            open_page(tab, base_url + "/explorer?cell=lstm&bidirectional=true")
+            boxes = [c.bounding_box() for c in tab.locator('[data-testid="stVegaLiteChart"]').all()[:2]]
+            same_row = abs(boxes[0]["y"] + boxes[0]["height"] - boxes[1]["y"] - boxes[1]["height"]) < 2
+            assert same_row is side_by_side, boxes
+            if not side_by_side:
+                assert all(b["width"] >= 0.85 * PHONE["width"] for b in boxes), boxes
+        finally:
+            context.close()
+
+
+def test_phone_navigation_closes_after_a_page_switch(browser, base_url) -> None:
+    """On a phone the sidebar opens over the page from its button and closes again once a page was picked."""
+    context = new_context(browser, **PHONE_DEVICE)
+    try:
+        tab = context.new_page()
+        open_page(tab, base_url + "/?seq_len=7")
+        sidebar = tab.locator('[data-testid="stSidebar"]')
+        assert sidebar.bounding_box()["x"] + sidebar.bounding_box()["width"] <= 0  # closed on arrival
+        tab.locator('[data-testid="stExpandSidebarButton"]').click()
+        expect(tab.locator('[data-testid="stSidebarNavLink"]').first).to_be_visible()
+        tab.locator('[data-testid="stSidebarNavLink"]').filter(has_text="Gradient explorer").click()
+        tab.wait_for_url("**/explorer?*")
+        settle(tab)
+        box = sidebar.bounding_box()
+        assert box is None or box["x"] + box["width"] <= 0, f"the sidebar still covers the page: {box}"
+        assert "seq_len=7" in tab.url  # the page switch kept the config
+    finally:
+        context.close()
