@@ -168,7 +168,8 @@ REPORT_CHARTS = {
 @st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
 def _chart_spec(fields: tuple[tuple[str, Any], ...], engine: str, kind: str, args: tuple) -> dict:
     """Build, serialise and lay out a report chart once: Altair's construction and validation cost ~0.1 s a chart."""
-    return charts.page_layout(REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict())
+    # Unvalidated: the chart functions' specs are validated in tests/test_charts.py; here it would cost ~0.2 s.
+    return charts.page_layout(REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict(validate=False))
 
 
 def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused") -> None:
@@ -183,7 +184,7 @@ def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused
 
 def show_chart(chart: Any) -> None:
     """Draw an Altair chart (or its spec dict) as every page does: see `show_layout`."""
-    show_layout(charts.page_layout(chart if isinstance(chart, dict) else chart.to_dict()))
+    show_layout(charts.page_layout(chart if isinstance(chart, dict) else chart.to_dict(validate=False)))
 
 
 def show_layout(layout: dict) -> None:

@@ -2,8 +2,10 @@
 
     PYTHONPATH=. python benchmarks/app_rerun.py [--repeats 15]
 
-Three kinds of change: a view-only widget (log toggle: no core call), a config change back to a setting seen
-before (a cache hit), and a new seed every time (a cache miss: the full `explain` runs).
+Four kinds of change: a view-only widget (log toggle: no core call; in the browser it reruns only its
+`st.fragment`, AppTest reruns the whole page), a config change back to a setting seen before (a cache hit), a new
+seed every time (a sidebar change at the defaults: a cache miss, the full `explain` runs) and a new sequence length
+every time (a T change: a cache miss at T = 11, 12, ...).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main() -> None:
     at = AppTest.from_file(PAGE, default_timeout=120)
     first = timed_rerun(at)
     results: dict[str, list[float]] = {"log toggle (view only)": [], "hidden size 32 <-> 16 (cache hit)": [],
-                                       "new seed (cache miss)": []}
+                                       "new seed (cache miss)": [], "new T (cache miss)": []}
     for i in range(args.repeats):
         at.toggle(key="gx_log").set_value(i % 2 == 0)
         results["log toggle (view only)"].append(timed_rerun(at))
@@ -47,6 +49,9 @@ def main() -> None:
     for i in range(args.repeats):
         at.number_input(key="gx_seed").set_value(1000 + i)
         results["new seed (cache miss)"].append(timed_rerun(at))
+    for i in range(args.repeats):
+        at.number_input(key="gx_seq_len").set_value(11 + i)
+        results["new T (cache miss)"].append(timed_rerun(at))
     print(f"explorer first load (includes imports): {first * 1000:.0f} ms")
     for name, times in results.items():
         print(f"{name:38s} median {statistics.median(times) * 1000:7.1f} ms  "
