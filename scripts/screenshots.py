@@ -300,7 +300,9 @@ def take_screenshots(out_dir: Path, *, root: Path = ROOT, chromium: str = CHROMI
         pages = [p for p in pages if p.file not in missing]
     elif missing:
         raise RuntimeError(f"app.py lists pages that do not exist: {', '.join(missing)}")
-    with StreamlitServer(root, extra_args=["--theme.base", "light"]) as server, sync_playwright() as playwright:
+    # No file watcher: an edit during the capture would otherwise put a "File change. Rerun" bar on the shots.
+    args = ["--theme.base", "light", "--server.fileWatcherType", "none"]
+    with StreamlitServer(root, extra_args=args) as server, sync_playwright() as playwright:
         browser = launch_browser(playwright, chromium)
         try:
             return capture_pages(browser, server.base_url, pages, out_dir, phone_pages=PHONE_PAGES)
