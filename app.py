@@ -25,10 +25,10 @@ PAGES = [
 # Flush denormals to zero: plain autograd (the twin engine, the graph and devices pages) stays fast when vanishing
 # gradients reach float32's denormals. The fused engine's rescaled adjoint is unaffected (it never holds a denormal
 # and keeps the true magnitudes); values the flag turns into zeros are reported as `underflow`, and the verdict says
-# that flush-to-zero is on. It is deliberately one setting for the whole server, the same value for every session. Note that the CPU flag
-# behind it (MXCSR on x86) belongs to a thread, not the process, and Streamlit executes each script run in its own
-# thread, so this line runs at the start of every run, here in the entry point: setting it is a cheap, idempotent
-# register write, and every page's computation (and any thread it starts) then sees it.
+# that flush-to-zero is on. It is deliberately one setting for the whole server, the same value for every session.
+# Note that the CPU flag behind it (MXCSR on x86) belongs to a thread, not the process, and Streamlit executes each
+# script run in its own thread, so this line runs at the start of every run, here in the entry point: setting it is a
+# cheap, idempotent register write, and every page's computation (and any thread it starts) then sees it.
 torch.set_flush_denormal(True)
 # One intra-op thread (process-wide, idempotent): these models are far too small to gain from threads, and on a
 # small shared host sessions run in parallel; measured on 2 busy cores, a 12-run flow sweep took 2.46 s with torch's

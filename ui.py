@@ -37,7 +37,7 @@ from gru_explainer import (
 )
 from gru_explainer.compare import compare, fused_graph_census
 from gru_explainer.config import CELL_LABELS, CELLS, DTYPES, HEADS
-from gru_explainer.flow import profile_of
+from gru_explainer.flow import jacobian_profile, profile_of
 from gru_explainer.graph import backward_graph
 from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
 
@@ -211,6 +211,17 @@ def _profile(fields: tuple[tuple[str, Any], ...]) -> pd.DataFrame:
 def cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
     """The flow page's decay profile of one config (`flow.profile_of`), cached on all its fields."""
     return _profile(tuple(cfg.to_dict().items()))
+
+
+@st.cache_data(max_entries=64, max_size="16MB", show_spinner=False)
+def _jacobians(fields: tuple[tuple[str, Any], ...], layer: int, direction: str) -> pd.DataFrame:
+    cfg = ExplainConfig(**dict(fields))
+    return jacobian_profile(explain(cfg), min(layer, cfg.num_layers - 1), direction)
+
+
+def cached_jacobians(cfg: ExplainConfig, layer: int, direction: str) -> pd.DataFrame:
+    """The flow page's step-Jacobian profile (`flow.jacobian_profile`, batch item 0) of one config, cached."""
+    return _jacobians(tuple(cfg.to_dict().items()), int(layer), direction)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

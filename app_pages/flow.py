@@ -10,8 +10,16 @@ import streamlit as st
 
 import ui
 from gru_explainer import Limits
-from gru_explainer.charts import decay_chart, rate_chart
-from gru_explainer.flow import cell_label, decay_rates, describe_rate, describe_sweep, sweep
+from gru_explainer.charts import decay_chart, jacobian_chart, rate_chart
+from gru_explainer.flow import (
+    cell_config,
+    cell_label,
+    decay_rates,
+    describe_jacobians,
+    describe_rate,
+    describe_sweep,
+    sweep,
+)
 from gru_explainer.urlstate import ViewParam, view_from_query, view_to_query
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
@@ -170,6 +178,21 @@ for col, row in zip(metric_cols, rates.itertuples(index=False), strict=False):
     col.metric(cell_label(row.cell), _rate_text(row.rate), help=describe_rate(row) + zeros, border=True)
 for row in rates.itertuples(index=False):
     st.caption(f"{cell_label(row.cell)}: {describe_rate(row)}")
+
+st.subheader("Why: the Jacobian of each step")
+st.caption("Each step back multiplies the gradient by the transpose of that step's Jacobian ∂s_t/∂s_{t-1} "
+           "(s = h, or (h, c) for LSTM). Its largest singular value σ_max bounds how much one step can change the "
+           "gradient's norm; their running product bounds the whole decay. Batch item 0.")
+try:
+    jacobians = pd.concat([ui.cached_jacobians(cell_config(cfg, cell), int(layer), direction) for cell in cells],
+                          ignore_index=True)
+except Exception as err:  # never a traceback
+    ui.show_error(err)
+else:
+    if not jacobians.empty:
+        ui.show_chart(jacobian_chart(jacobians))
+        for line in describe_jacobians(jacobians):
+            st.caption(line)
 
 st.subheader("Sweep: sequence length × weight scale")
 limits = Limits.from_env()

@@ -1,9 +1,9 @@
 """Altair charts of a `GradientReport`: pure functions from its DataFrames to `alt.Chart` (no Streamlit here).
 
-Exact zeros and non-finite values are never dropped silently. On a log scale a zero cannot be drawn, so every
-exactly-zero step is drawn as an explicit marker on an "exactly 0" floor line below the smallest non-zero value
-(square: no graph path, a structural zero; triangle: underflow, zero although a path exists), and every
-non-finite step (inf/NaN) as a cross on a ceiling line above the largest value. Charts carry only aggregate rows
+Exact zeros and non-finite values are never dropped silently. Log scales plot the TRUE magnitudes (the frame's
+log10_norm), so a value float32 shows as 0 (underflow) or inf is drawn where it really is, beside a dashed line at
+the dtype's range; exact zeros (structural, zero on a path) sit in a labelled band below the plot and undefined
+values (NaN) in one above it, one marker shape per cause (the core's zero_cause). Charts carry only aggregate rows
 (one per quantity, layer, direction and step), plus time × unit cells for heatmaps (binned over time when large).
 """
 
@@ -839,6 +839,58 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
         subtitle.append(text[0].upper() + text[1:])
     return chart.properties(autosize=PAD, title=alt.Title(
         "How the hidden-state gradient changes with distance from the target step", subtitle=subtitle))
+
+
+def jacobian_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long rows of `flow.jacobian_profile` frames (one or more cells): the measured ‖dL/ds_t‖, its Jacobian bound
+    and sigma_max per step, as log10 values (finite only: a zero or undefined value leaves a gap)."""
+    rows = frame[frame["distance"] >= 0]
+    parts = []
+    for column, curve in (("log10_state_norm", "measured ‖dL/ds_t‖"),
+                          ("log10_bound", "bound: read-step norm × Π σ_max")):
+        parts.append(pd.DataFrame({"cell": rows["cell"],
+                                   "cell_label": rows["cell"].map(lambda c: CELL_LABELS.get(c, c)),
+                                   "t": rows["t"].astype(int), "distance": rows["distance"].astype(int),
+                                   "curve": curve, "log10": rows[column].astype(float)}))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["cell", "cell_label", "t", "distance", "curve", "log10"])
+    out = out[np.isfinite(out["log10"].to_numpy(dtype=float))].reset_index(drop=True)
+    out["value_text"] = [_fmt_log10(v) for v in out["log10"]]
+    return out
+
+
+def jacobian_chart(frame: pd.DataFrame) -> alt.VConcatChart:
+    """Why the gradient shrinks or grows: the measured ‖dL/ds_t‖ beside its bound (read-step norm × the running
+    product of the step Jacobians' largest singular values), and sigma_max per step with the line sigma = 1."""
+    rows = jacobian_rows(frame)
+    cells = list(dict.fromkeys(rows["cell"])) or list(dict.fromkeys(frame["cell"]))
+    color = alt.Color("cell_label:N", title="cell", scale=_cell_scale(cells), legend=alt.Legend(orient="top"))
+    x = alt.X("distance:Q", title="steps back from the read step", axis=alt.Axis(tickMinStep=1, format="d"))
+    dash = alt.StrokeDash("curve:N", title=None, legend=alt.Legend(orient="top", labelLimit=300),
+                          scale=alt.Scale(domain=["measured ‖dL/ds_t‖", "bound: read-step norm × Π σ_max"],
+                                          range=[[1, 0], [6, 4]]))
+    top = alt.Chart(rows).mark_line(strokeWidth=2).encode(
+        x=x, y=alt.Y("log10:Q", title="log10 of the norm"), color=color, strokeDash=dash,
+        detail="cell_label:N",
+        tooltip=[alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("curve:N", title="curve"),
+                 alt.Tooltip("t:Q", title="step t"), alt.Tooltip("value_text:N", title="value")],
+    ).properties(width="container", height=220, title=alt.Title(
+        "Measured gradient vs the Jacobian bound",
+        subtitle="‖dL/ds_{t-1}‖ <= ‖∂s_t/∂s_{t-1}‖₂ · ‖dL/ds_t‖ where only the read step injects gradient "
+                 "(s = h, or (h, c) for LSTM; batch item shown)."))
+    sigma = frame[(frame["distance"] >= 0) & np.isfinite(frame["log10_sigma_max"].astype(float))].copy()
+    sigma["cell_label"] = sigma["cell"].map(lambda c: CELL_LABELS.get(c, c))
+    sigma["sigma_text"] = [_fmt(float(v)) for v in sigma["sigma_max"]]
+    per_step = alt.Chart(sigma).mark_line(point=True, strokeWidth=1.5).encode(
+        x=x, y=alt.Y("sigma_max:Q", title="σ_max(∂s_t/∂s_{t-1})", scale=alt.Scale(type="log")),
+        color=color, tooltip=[alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("t:Q", title="step t"),
+                              alt.Tooltip("sigma_text:N", title="σ_max")])
+    one = alt.Chart(pd.DataFrame({"one": [1.0]})).mark_rule(strokeDash=[4, 4], color=GUIDE_GRAY).encode(
+        y="one:Q")
+    bottom = alt.layer(per_step, one).properties(width="container", height=160, title=alt.Title(
+        "Largest singular value of each step's Jacobian", subtitle="Above the dashed line 1 a step can grow the "
+        "gradient; below it every step shrinks it."))
+    return alt.vconcat(top, bottom).resolve_scale(color="shared")
 
 
 def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:

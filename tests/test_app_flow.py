@@ -57,7 +57,7 @@ def test_defaults_run_and_chart_data_matches_the_core() -> None:
     assert not at.exception
     assert not at.error
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 2
+    assert len(charts) == 4  # the decay, the step Jacobians (two panels), the sweep
     cfg = ExplainConfig()
     rows = dataset_with(charts[0], "cell", "distance", "norm")
     assert list(dict.fromkeys(rows.cell)) == ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -67,6 +67,16 @@ def test_defaults_run_and_chart_data_matches_the_core() -> None:
     assert any(m.value.startswith("**How the hidden-state gradient") for m in at.markdown)
     assert any(layer.get("encoding", {}).get("y", {}).get("scale", {}).get("type") == "log"
                for layer in spec["layer"])
+    # The step Jacobians: the measured norm and its bound per cell, as the core computes them.
+    from gru_explainer.flow import jacobian_profile
+
+    jac_rows = dataset_with(charts[1], "cell", "curve", "log10")
+    for cell in ["gru", "lstm", "rnn_tanh", "rnn_relu"]:
+        expected = jacobian_profile(explain(cell_config(cfg, cell)), 1, "forward")
+        got = jac_rows[(jac_rows.cell == cell) & jac_rows.curve.str.startswith("measured")].sort_values("distance")
+        np.testing.assert_allclose(got.log10.astype(float), expected.sort_values("distance").log10_state_norm,
+                                   rtol=1e-9)
+    assert sum(c.value.startswith(("GRU:", "LSTM:", "RNN")) and "σ_max is" in c.value for c in at.caption) == 4
     # Metrics: the fitted rate per cell, equal to the core's fit.
     rates = decay_rates(sweep(cfg, cells=["gru", "lstm", "rnn_tanh", "rnn_relu"]))
     top = rates[rates.layer == 1].set_index("cell").rate
@@ -74,7 +84,7 @@ def test_defaults_run_and_chart_data_matches_the_core() -> None:
     for metric, cell in zip(at.metric, ["gru", "lstm", "rnn_tanh", "rnn_relu"], strict=True):
         assert metric.value == f"×{top[cell]:.3g}"
     # The sweep: rates for weight scales 0.5, 1, 2 at T = 10.
-    sweep_rows = dataset_with(charts[1], "cell", "weight_scale", "rate")
+    sweep_rows = dataset_with(charts[3], "cell", "weight_scale", "rate")
     assert sorted(set(sweep_rows.weight_scale)) == [0.5, 1.0, 2.0]
     expected = decay_rates(sweep(cfg, weight_scales=[0.5, 1.0, 2.0]))
     expected = expected[expected.layer == 1]
@@ -109,7 +119,7 @@ def test_widget_changes_rerun_cleanly_and_go_to_the_url() -> None:
     at.multiselect(key="flow.T").set_value([5, 20]).run()
     at.multiselect(key="flow.cells").set_value(["rnn_tanh", "answer_gru"]).run()
     assert not at.exception and not at.error
-    sweep_rows = dataset_with(at.get("vega_lite_chart")[1], "cell", "weight_scale", "rate")
+    sweep_rows = dataset_with(at.get("vega_lite_chart")[3], "cell", "weight_scale", "rate")
     assert set(zip(sweep_rows.cell, sweep_rows.seq_len, sweep_rows.weight_scale, strict=True)) == {
         (c, t, w) for c in ["rnn_tanh", "answer_gru"] for t in [5, 20] for w in [0.25, 4.0]}
     assert at.query_params["flow.cells"] == "rnn_tanh,answer_gru"
@@ -154,7 +164,7 @@ def test_empty_or_oversized_sweeps_are_refused_politely(scales: list[float]) -> 
     at.multiselect(key="flow.T").set_value([5, 10, 20, 50]).run()
     at.multiselect(key="flow.scale").set_value(scales).run()
     assert not at.exception and not at.error
-    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 3  # the sweep is refused; the decay and the Jacobians stay
     assert at.info or at.warning
 
 
@@ -164,4 +174,4 @@ def test_sweep_over_the_work_budget_is_refused() -> None:
     at.multiselect(key="flow.T").set_value([10, 200]).run()
     assert not at.exception and not at.error
     assert any("state elements" in w.value for w in at.warning)
-    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 3

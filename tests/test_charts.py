@@ -381,6 +381,20 @@ def test_decay_rows_use_true_magnitudes_and_the_zero_band() -> None:
     spec(decay_chart(base))
 
 
+def test_jacobian_chart_shows_the_measured_norm_and_its_bound() -> None:
+    from gru_explainer.charts import jacobian_chart, jacobian_rows
+    from gru_explainer.flow import jacobian_profile
+
+    report = explain(ExplainConfig(cell="rnn_tanh", num_layers=1, hidden_size=8, seq_len=12, dtype="float64"))
+    frame = jacobian_profile(report, 0, "forward")
+    rows = jacobian_rows(frame)
+    assert set(rows.curve) == {"measured ‖dL/ds_t‖", "bound: read-step norm × Π σ_max"}
+    measured = rows[rows.curve.str.startswith("measured")].sort_values("distance")
+    np.testing.assert_allclose(measured.log10, frame.sort_values("distance").log10_state_norm, rtol=1e-12)
+    spec = jacobian_chart(frame).to_dict()
+    assert len(spec["vconcat"]) == 2 and json.dumps(spec)
+
+
 # --- page layout: every chart fills its container, facets become panels ---------------------------------------------
 
 def _walk_nodes(node):
