@@ -1,4 +1,4 @@
-"""The gradient-flow page: cells from the URL, one fitted rate per cell, the decay and sweep charts drawn."""
+"""The gradient-flow page: cells from the URL, one fitted rate per cell, the decay, Jacobian and sweep charts drawn."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_flow_compares_the_cells_in_the_url(page, base_url):
     assert labels == ["GRU", "LSTM"], labels
     for value in page.locator('[data-testid="stMetricValue"]').all_inner_texts():
         assert value.startswith("×"), value
-    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(2)
+    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4)  # decay, Jacobians (2), sweep
 
 
 def test_flow_default_compares_four_cells(page, base_url):

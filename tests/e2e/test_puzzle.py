@@ -23,7 +23,8 @@ def test_puzzle_reproduces_the_seed(page, base_url):
     assert answer.rstrip().endswith("False"), answer
     charts = page.locator('[data-testid="stVegaLiteChart"]')
     expect(charts).to_have_count(1)
-    expect(charts.first).to_contain_text("y.grad is zero before the read step")
+    expect(charts.first).to_contain_text("y.grad (stacked output y)")  # the legend; the title is page text now
+    expect(page.locator('[data-testid="stMain"]').get_by_text("y.grad is zero before the read step")).to_be_visible()
 
 
 def test_puzzle_links_to_the_other_pages(page, base_url):
