@@ -82,7 +82,8 @@ def _runs(steps: tuple[int, ...]) -> list[tuple[int, int]]:
 def _dtype_range(dtype: str) -> tuple[float, float, float]:
     """(log10 smallest denormal, log10 smallest normal, log10 largest) of a dtype name."""
     info = torch.finfo(getattr(torch, dtype))
-    return math.log10(info.tiny * info.eps), math.log10(info.tiny), math.log10(info.max)
+    # In logs: float64's smallest denormal (tiny × eps) is itself a denormal, which a flush-to-zero CPU makes 0.
+    return math.log10(info.tiny) + math.log10(info.eps), math.log10(info.tiny), math.log10(info.max)
 
 
 def facts(report: GradientReport) -> list[Fact]:

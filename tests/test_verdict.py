@@ -328,3 +328,12 @@ def test_relu_forward_overflow_is_non_finite_never_zero() -> None:
 def test_format_steps() -> None:
     assert format_steps([0, 1, 2, 5, 7, 8]) == "t = 0–2, 5, 7–8"
     assert format_steps([]) == "no step"
+
+
+def test_float64_facts_with_flush_to_zero_on() -> None:
+    """Flush-to-zero also zeroes float64 denormals (such as float64's smallest denormal): no fact may compute one."""
+    cfg = ExplainConfig(dtype="float64", hidden_size=12, seq_len=6, seed=27, target="(y[:, -1] ** 2).mean()")
+    with flushing(True):
+        report = explain(cfg)
+        text = report.verdict()
+    assert text.startswith("**Target**") and "float64" in text
