@@ -6,23 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, explain
 
-from .vega import chart_data as vega_chart_data
-from .vega import chart_spec
+from .vega import chart_spec, element_data, explorer_charts, joined
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
-
-
-def element_data(element) -> pd.DataFrame:
-    """A chart element's data: its Arrow table (Streamlit moves a panel's inline values there), else tests.vega's."""
-    if element.proto.HasField("data") and element.proto.data.data:
-        return pa.ipc.open_stream(element.proto.data.data).read_all().to_pandas()
-    return vega_chart_data(element)
 
 
 def chart_data(element) -> tuple[dict, pd.DataFrame]:
@@ -30,21 +21,7 @@ def chart_data(element) -> tuple[dict, pd.DataFrame]:
     return chart_spec(element), element_data(element)
 
 
-def charts(at: AppTest) -> dict[str, list]:
-    """The page's chart elements by chart: "norm" (one panel per layer × direction), "heatmap" (one per quantity),
-    "input"; told apart by their data's columns."""
-    groups: dict[str, list] = {"norm": [], "heatmap": [], "input": []}
-    for element in at.get("vega_lite_chart"):
-        rows = element_data(element)
-        kind = "heatmap" if "unit" in rows else "input" if set(rows["quantity"]) == {"input"} else "norm"
-        groups[kind].append(element)
-    return groups
-
-
-def joined(elements: list) -> pd.DataFrame:
-    """The rows of several panels, in the frame's order (quantity, layer, direction, t) where they have those."""
-    rows = pd.concat([element_data(e) for e in elements], ignore_index=True)
-    return rows
+charts = explorer_charts
 
 
 def run(at: AppTest) -> AppTest:

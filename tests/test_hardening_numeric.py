@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from gru_explainer import ExplainConfig, Limits, explain
 from gru_explainer.urlstate import config_to_query
 
-from .vega import chart_data
+from .vega import explorer_charts, explorer_complete, joined
 
 EXPLORER = str(Path(__file__).resolve().parents[1] / "app_pages" / "explorer.py")
 
@@ -40,6 +40,20 @@ def open_explorer(cfg: ExplainConfig, timeout: float = 90) -> AppTest:
 def verdict_text(at: AppTest) -> str:
     (text,) = [m.value for m in at.markdown if m.value.startswith("**Target**")]
     return text
+
+
+KEY = ["quantity", "layer", "direction", "t"]
+
+
+def panel_rows(at: AppTest, kind: str) -> pd.DataFrame:
+    """The rows of one explorer chart over all its panels, in the frame's order."""
+    rows = joined(explorer_charts(at)[kind])
+    return rows.sort_values(KEY).reset_index(drop=True) if kind != "heatmap" else rows
+
+
+def frame_rows(frame: pd.DataFrame, inputs: bool) -> pd.DataFrame:
+    rows = frame[(frame.quantity == "input") == inputs]
+    return rows.sort_values(KEY).reset_index(drop=True)
 
 
 def assert_marked_not_clipped(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
@@ -71,22 +85,19 @@ def test_exploding_gradients_are_marked_everywhere() -> None:
     report = explain(EXPLODING)
     assert report.frame["nonfinite"].any() and not report.frame["forward_nonfinite"].any()
     at = open_explorer(EXPLODING)
-    norms, heatmap, inputs = at.get("vega_lite_chart")
-    states = report.frame[report.frame.quantity != "input"].reset_index(drop=True)
-    assert_marked_not_clipped(chart_data(norms), states)
-    x = report.frame[report.frame.quantity == "input"].reset_index(drop=True)
-    assert_marked_not_clipped(chart_data(inputs), x)
+    assert_marked_not_clipped(panel_rows(at, "norm"), frame_rows(report.frame, inputs=False))
+    assert_marked_not_clipped(panel_rows(at, "input"), frame_rows(report.frame, inputs=True))
     text = verdict_text(at)
     assert "**Exploding gradients**" in text and "Nothing was clipped" in text and "overflowed" not in text
     (table,) = at.dataframe  # the numbers as shown: inf / NaN kept
     assert not np.isfinite(table.value["norm"].to_numpy(float)).all()
     # The heatmap of the layer that exploded (layer 0 here) marks its inf/NaN cells (binned over time: 512 steps).
     (layer,) = report.frame[report.frame.nonfinite & (report.frame.quantity == "hidden_state")]["layer"].unique()
-    assert not bool(chart_data(heatmap)["value_nonfinite"].any()) or layer == EXPLODING.num_layers - 1
+    assert not bool(panel_rows(at, "heatmap")["value_nonfinite"].any()) or layer == EXPLODING.num_layers - 1
     at.selectbox(key="gx_hm_layer").set_value(int(layer))
     at.run()
     assert not at.exception and not at.error
-    cells = chart_data(at.get("vega_lite_chart")[1])
+    cells = panel_rows(at, "heatmap")
     bad = cells["value_nonfinite"].astype(bool)
     assert bool(bad.any())  # crossed on the linear heatmap, with no (clipped) value
     assert not np.isfinite(pd.to_numeric(cells.loc[bad, "value"], errors="coerce").astype(float)).any()
@@ -97,9 +108,8 @@ def test_an_overflowing_forward_pass_is_named_in_the_verdict() -> None:
     report = explain(OVERFLOWING)
     assert report.frame["forward_nonfinite"].any() and not math.isfinite(report.target_value)
     at = open_explorer(OVERFLOWING)
-    norms, _heatmap, inputs = at.get("vega_lite_chart")
-    assert_marked_not_clipped(chart_data(norms), report.frame[report.frame.quantity != "input"].reset_index(drop=True))
-    assert_marked_not_clipped(chart_data(inputs), report.frame[report.frame.quantity == "input"].reset_index(drop=True))
+    assert_marked_not_clipped(panel_rows(at, "norm"), frame_rows(report.frame, inputs=False))
+    assert_marked_not_clipped(panel_rows(at, "input"), frame_rows(report.frame, inputs=True))
     text = verdict_text(at)
     assert "**The forward pass overflowed**" in text and "= nan" in text.splitlines()[0]
 
@@ -108,10 +118,9 @@ def test_an_overflowing_forward_pass_is_named_in_the_verdict() -> None:
 def test_a_target_that_is_infinite_renders(target: str) -> None:
     cfg = ExplainConfig(seq_len=6, hidden_size=8, target=target)
     at = open_explorer(cfg)
-    assert len(at.get("vega_lite_chart")) == 3
+    assert explorer_complete(at)
     report = explain(cfg)
-    norms = chart_data(at.get("vega_lite_chart")[0])
-    assert_marked_not_clipped(norms, report.frame[report.frame.quantity != "input"].reset_index(drop=True))
+    assert_marked_not_clipped(panel_rows(at, "norm"), frame_rows(report.frame, inputs=False))
 
 
 def test_largest_allowed_config_once() -> None:
@@ -125,8 +134,8 @@ def test_largest_allowed_config_once() -> None:
                         batch_size=max(1, lim.max_state_elements // (per_step * steps)), target="out.sum()")
     cfg.validate(lim)
     at = open_explorer(cfg, timeout=120)
-    norms, heatmap, inputs = at.get("vega_lite_chart")
-    assert len(chart_data(norms)) == (1 + cfg.num_layers) * 2 * steps  # y (top layer) and h_t of every layer
-    assert len(chart_data(inputs)) == steps
-    assert len(chart_data(heatmap)) > 0
+    groups = explorer_charts(at)
+    assert len(joined(groups["norm"])) == (1 + cfg.num_layers) * 2 * steps  # y (top layer) and h_t of every layer
+    assert len(joined(groups["input"])) == steps
+    assert len(joined(groups["heatmap"])) > 0
     assert verdict_text(at).startswith("**Target** `out.sum()`")

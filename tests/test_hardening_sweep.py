@@ -25,6 +25,8 @@ from gru_explainer.compare import MAX_REPEATS
 from gru_explainer.config import CELLS, DTYPES, HEADS
 from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS
 
+from .vega import explorer_complete
+
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits.from_env()
 SMALL = ExplainConfig(seq_len=6, hidden_size=8)
@@ -179,8 +181,12 @@ def _page(name: str, timeout: float = 90) -> AppTest:
     return at
 
 
-def _charts(count: int) -> Callable[[AppTest], None]:
+def _charts(count: int | None) -> Callable[[AppTest], None]:
+    """A page check: `count` chart elements, or (None) every chart of the explorer, however many panels."""
     def check(at: AppTest) -> None:
+        if count is None:
+            assert explorer_complete(at), f"explorer charts missing: {len(at.get('vega_lite_chart'))} elements"
+            return
         assert len(at.get("vega_lite_chart")) == count, f"{len(at.get('vega_lite_chart'))} charts, want {count}"
     return check
 
@@ -205,7 +211,8 @@ def test_explorer_sweep() -> None:
                "error" if "c_n" in p or "out.sum()" in p else "ok") for p in presets]
     cases += [("k=min", {"gx_target_preset": step_k, "gx_target_k": -SMALL.seq_len}, "ok"),
               ("k=max", {"gx_target_preset": step_k, "gx_target_k": SMALL.seq_len - 1}, "ok"),
-              ("k out of range", {"gx_target_preset": step_k, "gx_target_k": 10**30}, "rejected")]
+              # k's widget spans the limits, not T (it never changes by itself): a k beyond T is the target's error.
+              ("k out of range", {"gx_target_preset": step_k, "gx_target_k": 10**30}, "error")]
     cases += [(f"target {t[:40]!r}", {"gx_target": t}, "error") for t in GARBAGE_TARGETS]
     cases += [(f"target {t!r}", {"gx_target": t}, "ok") for t in ODD_BUT_VALID_TARGETS]
     cases += [("linear scale", {"gx_log": False}, "ok"), ("log scale", {"gx_log": True}, "ok"),
@@ -213,8 +220,9 @@ def test_explorer_sweep() -> None:
               ("bidirectional", {"gx_bidirectional": True}, "ok"),
               ("heatmap reverse", {"gx_bidirectional": True, "gx_hm_direction": 1}, "ok"),
               ("heatmap batch max", {"gx_hm_batch": SMALL.batch_size - 1}, "ok"),
+              ("heatmap log magnitude", {"gx_hm_log": True}, "ok"), ("heatmap linear", {"gx_hm_log": False}, "ok"),
               ("heatmap batch out of range", {"gx_hm_batch": 10**30}, "rejected")]
-    SWEPT["explorer"] = sweep(at, cases, baseline, _charts(3),
+    SWEPT["explorer"] = sweep(at, cases, baseline, _charts(None),
                               linked=[{"gx_target_preset", "gx_target", "gx_target_k"}])
 
 
@@ -238,7 +246,7 @@ def test_flow_sweep() -> None:
               ("largest T", {"flow.T": [max(options["flow.T"])]}, "ok"),
               ("every scale", {"flow.scale": options["flow.scale"]}, "ok"), ("no scale", {"flow.scale": []}, "info"),
               ("largest scale", {"flow.scale": [max(options["flow.scale"])]}, "ok")]
-    SWEPT["flow"] = sweep(at, cases, baseline, _charts(2))
+    SWEPT["flow"] = sweep(at, cases, baseline, _charts(4))  # decay, Jacobians (2), sweep
 
 
 def test_graph_sweep() -> None:
@@ -297,7 +305,7 @@ def test_flow_keeps_a_sweep_length_the_sidebar_moved_away_from() -> None:
     at.run()
     assert not at.exception and not at.error
     assert at.multiselect(key="flow.T").value == [7] and "9" in at.multiselect(key="flow.T").options
-    assert len(at.get("vega_lite_chart")) == 2
+    assert len(at.get("vega_lite_chart")) == 4
 
 
 def test_flow_survives_a_selection_sent_against_stale_options() -> None:
@@ -314,4 +322,4 @@ def test_flow_survives_a_selection_sent_against_stale_options() -> None:
     at.multiselect(key="flow.cells").set_value(["gru"])
     at.run()
     assert not at.exception and not at.error
-    assert len(at.get("vega_lite_chart")) == 2
+    assert len(at.get("vega_lite_chart")) == 4
