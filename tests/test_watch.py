@@ -556,10 +556,16 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_distributed_data_parallel_two_processes(tmp_path) -> None:
+def test_distributed_data_parallel_two_processes(tmp_path, monkeypatch) -> None:
     import socket
+    import sys
+    import types
 
     import torch.multiprocessing as mp
+
+    # Spawned children re-run the parent's __main__ by path; after AppTest ran a page in this process that would be
+    # the page script (found in a full run: app_pages/devices.py crashed in the child). A bare __main__ runs nothing.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
