@@ -109,7 +109,9 @@ def test_explorer_panels_sit_side_by_side_on_desktop_and_stack_on_a_phone(browse
         try:
             tab = context.new_page()
             open_page(tab, base_url + "/explorer?cell=lstm&bidirectional=true")
-            boxes = [c.bounding_box() for c in tab.locator('[data-testid="stVegaLiteChart"]').all()[:2]]
+            charts = tab.locator('[data-testid="stVegaLiteChart"]')
+            charts.nth(1).wait_for(state="visible")  # on a loaded machine the second panel can come a moment later
+            boxes = [c.bounding_box() for c in charts.all()[:2]]
             same_row = abs(boxes[0]["y"] + boxes[0]["height"] - boxes[1]["y"] - boxes[1]["height"]) < 2
             assert same_row is side_by_side, boxes
             if not side_by_side:
