@@ -1,4 +1,5 @@
-"""Command line: ``python -m gru_explainer explain [options] --out DIR`` (static export, no browser).
+"""Command line: ``python -m gru_explainer explain [options] --out DIR`` (static export, no browser), and
+``python -m gru_explainer train [options] --out DIR`` (`gru_explainer.train`: learning curves and gradient snapshots).
 
 ``explain --state-dict FILE [--inputs CSV] [--module PREFIX] --out DIR`` explains the user's own trained module
 instead (`gru_explainer.state_dict`): its architecture comes from the file, the input is seeded random
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-images", action="store_true",
                      help="write CSV, JSON and verdict only (no PNG/SVG; vl-convert-python is not needed)")
     out.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+    from .train import add_train_command  # `train`: gru_explainer/train.py
+
+    add_train_command(commands)
     return parser
 
 
@@ -326,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        from .train import run_train_command
+
+        return run_train_command(args)
     explain_parser: argparse.ArgumentParser = args.command_parser  # its error() prints the subcommand's usage
     limits = None
     if args.limits is not None:

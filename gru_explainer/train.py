@@ -454,5 +454,97 @@ def first_step_below(history: pd.DataFrame, level: float, window: int) -> int | 
     return int(history["step"].iloc[hits[0]]) if hits.size else None
 
 
+# --- Command line: python -m gru_explainer train ... --out DIR ------------------------------------------------------
+
+_TRAIN_HELP = {
+    "task": "long-memory task: adding (sum the 2 marked numbers), copy (recall the first 3 symbols after a delay), "
+            "marked_recall (recall the symbol at the one marked step)",
+    "cell": "recurrent cell",
+    "num_layers": "stacked recurrent layers",
+    "hidden_size": "hidden units per layer",
+    "seq_len": "time steps T (for copy: 3 symbols + T-3 delay steps)",
+    "steps": "training steps (Adam updates)",
+    "batch_size": "examples per step (fresh batches every step)",
+    "lr": "Adam learning rate",
+    "seed": "seeds the weights and the batches",
+    "snapshot_every": "a snapshot through watch every K steps (and after the last update)",
+    "clip_norm": "clip the gradient norm to this before each update (0: off)",
+}
+_TRAIN_CHOICES = {"task": TASKS, "cell": TRAIN_CELLS}
+
+
+def _train_option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_command(commands: Any) -> None:
+    """Add the `train` subcommand to the CLI's subparsers."""
+    hosted = TrainLimits()
+    default = TrainConfig()
+    sub = commands.add_parser(
+        "train", help="train a small model on a long-memory task and write its learning curves, gradient snapshots "
+                      "and weights to a folder",
+        description="Train a recurrent cell + linear head on a long-memory task with Adam; every K steps a snapshot "
+                    "through watch records ‖dL/dh_t‖ (true magnitudes, zero causes), ‖dL/dc_t‖ (LSTM) and "
+                    "‖dL/dx_t‖ split into relevant vs irrelevant positions. Writes history.csv, snapshots.csv, "
+                    "inputs.csv, summary.csv, summary.json and model.pt (a state_dict the explain --state-dict "
+                    "command and the Your model page load).",
+        epilog=f"Hosted limits: steps <= {hosted.max_steps}, batch <= {hosted.max_batch_size}, T <= "
+               f"{hosted.max_seq_len}, hidden <= {hosted.max_hidden_size}, layers <= {hosted.max_num_layers}, "
+               f"steps × batch × T × hidden × layers <= {hosted.max_work:,}; --limits local raises them. "
+               "Exit codes: 0 written, 2 invalid options, 1 writing failed.")
+    sub.set_defaults(command_parser=sub)
+    sub.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write into (created)")
+    sub.add_argument("--limits", choices=("hosted", "local"), default=None,
+                     help="size limits: hosted (the demo's) or local. Default: GRU_EXPLAINER_LIMITS or hosted")
+    sub.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+    for f in fields(TrainConfig):
+        value = getattr(default, f.name)
+        kwargs: dict[str, Any] = {"default": None, "dest": f"train_{f.name}"}
+        if f.name in _TRAIN_CHOICES:
+            kwargs["choices"] = _TRAIN_CHOICES[f.name]
+        else:
+            kwargs["type"] = type(value)
+            kwargs["metavar"] = "N" if isinstance(value, int) else "X"
+        sub.add_argument(_train_option(f.name), help=f"{_TRAIN_HELP[f.name]}. Default: {value}", **kwargs)
+
+
+def run_train_command(args: Any) -> int:
+    """Run `train` from parsed CLI options; bad options exit 2 (one message naming the option)."""
+    import sys
+
+    parser = args.command_parser
+    changes = {f.name: getattr(args, f"train_{f.name}") for f in fields(TrainConfig)
+               if getattr(args, f"train_{f.name}") is not None}
+    cfg = TrainConfig().replace(**changes)
+    limits = None if args.limits is None else (TrainLimits.local() if args.limits == "local" else TrainLimits())
+    try:
+        cfg.validate(limits)
+    except ConfigError as err:
+        message = str(err)
+        named = [f.name for f in fields(TrainConfig) if message.startswith(f.name + " must")]
+        if named:
+            parser.error(f"argument {_train_option(named[0])}: {message}")
+        parser.error(f"invalid training config: {message}")
+    torch.set_num_threads(1)  # this process only: the models are far too small to gain from threads (see app.py)
+    result = train(cfg, limits)
+    try:
+        paths = result.save(args.out)
+    except OSError as err:
+        print(f"{parser.prog}: writing failed: {err}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        final = result.final
+        print(f"trained {CELL_LABELS[cfg.cell]} on {result.task.label} (T = {cfg.seq_len}) for {cfg.steps} steps in "
+              f"{result.seconds:.1f} s: loss {final['loss']:.4g} ({final['loss'] / result.task.chance_loss:.1%} of "
+              f"chance {result.task.chance_loss:.4g}), accuracy {final['accuracy']:.1%}, "
+              f"{final['relevant_share']:.1%} of the input-gradient mass on {result.task.relevant_text}; wrote "
+              f"{len(paths)} files to {args.out}:")
+        for path in paths:
+            print(f"  {path}")
+    return 0
+
+
 __all__ = ["SNAPSHOT_COLUMNS", "SNAPSHOT_QUANTITIES", "TRAIN_CELLS", "TaskModel", "TrainConfig", "TrainLimits",
-           "TrainResult", "build_model", "first_step_below", "input_profile", "smoothed", "train"]
+           "TrainResult", "add_train_command", "build_model", "first_step_below", "input_profile", "run_train_command",
+           "smoothed", "train"]
