@@ -19,6 +19,7 @@ PAGES = [
     ("app_pages/devices.py", "Devices & engines", ":material/memory:"),
     ("app_pages/pitfalls.py", "Pitfalls", ":material/report_problem:"),
     ("app_pages/your_model.py", "Your model", ":material/upload_file:"),
+    ("app_pages/learn.py", "Watch it learn", ":material/school:"),
 ]
 
 
