@@ -7,6 +7,9 @@ Interface used by all pages (keep it stable):
     cached_explain(cfg, engine="fused")        GradientReport, or None after showing the core's error with st.error
     show_error(err, on_cpu=None) -> None       st.error with the message only (never a traceback); a DeviceError
                                                also gets a "Run on the CPU instead" button (see offer_cpu)
+    show_notice(notice) -> None                st.warning for a URL notice (its quoted URL text shown literally)
+    md_escape(text) / literal(text) -> str     Markdown that shows text literally: visitor text (URL, typed, uploaded)
+                                               never becomes a link, image, icon shortcode, formatting or HTML
 Extra helpers:
     report_chart(cfg, kind, *args, engine="fused")   draw a `gru_explainer.charts` chart of explain(cfg), cached
     cached_profile / cached_graph / cached_compare / cached_census   the flow, graph and devices pages' core
@@ -39,7 +42,7 @@ from gru_explainer.compare import compare, fused_graph_census
 from gru_explainer.config import CELL_LABELS, CELLS, DTYPES, HEADS
 from gru_explainer.flow import jacobian_profile, profile_of
 from gru_explainer.graph import backward_graph
-from gru_explainer.urlstate import FIELD_NAMES, config_from_query, config_to_query
+from gru_explainer.urlstate import FIELD_NAMES, PAGE_KEYS, Notice, Quote, config_from_query, config_to_query
 
 CONFIG_KEY = "gx_config"
 NOTICES_KEY = "gx_config_notices"
@@ -57,15 +60,16 @@ def shared_config() -> ExplainConfig:
         for key in list(st.query_params):
             values = st.query_params.get_all(key)
             if len(values) > 1:
-                notices.append(f"The URL gives {key[:40]!r} {len(values)} times; only the last value counts.")
+                notices.append(Notice("The URL gives ", Quote(key[:40]), f" {len(values)} times; only the last "
+                                      "value counts."))
                 st.query_params[key] = values[-1]
         st.session_state[NOTICES_KEY] = notices
-        for key in list(st.query_params):  # drop unknown keys (noticed above); pages own the dotted ones
-            if key not in FIELD_NAMES and "." not in key:
+        for key in list(st.query_params):  # drop unknown keys (noticed above); pages own the known dotted ones
+            if key not in FIELD_NAMES and key not in PAGE_KEYS:
                 del st.query_params[key]
         set_shared_config(cfg)  # rewrite the URL without the values that fell back to defaults
     for notice in st.session_state.pop(NOTICES_KEY, []):
-        st.warning(md_escape(notice), icon=":material/link_off:")
+        show_notice(notice)
     return st.session_state[CONFIG_KEY]
 
 
@@ -96,18 +100,80 @@ def show_error(err: Exception, on_cpu: Callable[[], None] | None = None) -> None
         st.error(md_escape(f"Unexpected {type(err).__name__}: {err}"), icon=":material/error:")
 
 
-_MARKDOWN = re.compile(r"[\\`*\[\]<>$~&|#@]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|(?<=:)//|(?<=www)\.", re.IGNORECASE)
+_MARKDOWN = re.compile(r"[\\`*\[\]<>$~&|#!{}]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_UNESCAPABLE = re.compile(r"@|:(?!$)|www\.", re.IGNORECASE)
+"""What no backslash can neutralise in Streamlit's Markdown: GFM's literal autolinks (``www.``, ``http://``, an
+``@`` address) and the ``:material/x:`` / ``:emoji:`` shortcodes are found in the text AFTER escapes are resolved,
+and ``:name`` starts a directive. A token (a run without spaces) holding one of them (a colon anywhere but at its
+end) or an unprintable character is shown as inline code instead."""
+
+
+def _line_start(line: str) -> str:
+    """Escape a list, heading or setext marker at the start of a line ("- x", "1. x", "+ x", "=")."""
+    match = re.match(r" *[-+=]| *\d+(?=[.)])", line)
+    if match is None:
+        return line
+    end = match.end() if match.group(0).strip()[0].isdigit() else match.end() - 1
+    return line[:end] + "\\" + line[end:]
+
+
+WORD_JOINER = "\u2060"
+
+
+def literal(text: str) -> str:
+    """`text` as one inline code span: Markdown shows every character in it literally (no link, image, icon or
+    emoji shortcode, formatting or HTML). Control and invisible characters are shown as escapes (``\n``), so the
+    span stays one line; its fence is longer than any backtick run inside."""
+    shown = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+    # Streamlit's frontend rewrites ":material/" to ":material_" everywhere in the source, code spans included (to
+    # find icon shortcodes); an invisible word joiner keeps the quoted text as it was (the icon was never drawn).
+    shown = re.sub(r"(?i):(?=material/)", ":" + WORD_JOINER, shown)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
+    return f"{fence} {shown} {fence}"
 
 
 def md_escape(text: str) -> str:
-    """`text` as literal characters in Streamlit's Markdown (alerts render Markdown).
+    """`text` as literal characters in Streamlit's Markdown (alerts, captions and markdown render Markdown).
 
-    Messages quote what a visitor typed or put in the URL, so without this a URL could put a link, an image or
-    formatting into a notice (`[Click](https://…)`), and `__import__` would show as a bold "import". Escaped:
-    Markdown's punctuation, underscores that could start or end emphasis (not those inside names like hidden_size),
-    and the "//", "www." or "@" that would turn a bare address into a link.
+    Messages quote what a visitor typed, uploaded or put in the URL; none of it may become a link, an image, an
+    icon, formatting or HTML. Markdown's punctuation is backslash-escaped (underscores only where they could start
+    or end emphasis, not inside names like hidden_size); tokens that escaping cannot make inert (see _UNESCAPABLE:
+    ``http://…``, ``www.…``, ``a@b.c``, ``:material/x:``) become inline code (`literal`), as does every quoted
+    part of a `Notice` (the URL's text, whatever it holds). A list or heading marker at a line's start is escaped.
     """
-    return _MARKDOWN.sub(lambda m: "".join("\\" + c for c in m.group(0)), text)
+    if isinstance(text, Notice):
+        return "".join(literal(repr(part)) if isinstance(part, Quote) else md_escape(part) for part in text.parts)
+    return "\n".join(_line_start("".join(_render(piece) for piece in _pieces(line))) for line in str(text).split("\n"))
+
+
+_QUOTED = re.compile(r"(?:^|(?<=[\s=(\[,]))'[^'\n]*'(?=[\s.,;:)\]]|$)")
+"""A Python string literal in a message ('cuda:7', 'y[:, -1].sum()'): one piece, so it becomes one code span."""
+
+
+def _pieces(line: str) -> list[str]:
+    """A line cut into quoted literals, runs of spaces and the tokens between them."""
+    pieces, at = [], 0
+    for match in _QUOTED.finditer(line):
+        pieces += [*re.split(r"( +)", line[at:match.start()]), match.group(0)]
+        at = match.end()
+    return [p for p in [*pieces, *re.split(r"( +)", line[at:])] if p]
+
+
+def _render(piece: str) -> str:
+    """One piece of md_escape's output: spaces as they are, a token that escapes cannot make inert (or a quoted
+    literal with punctuation) as inline code, any other token backslash-escaped."""
+    if not piece.strip(" "):
+        return piece
+    quoted = piece.startswith("'") and len(piece) > 1 and re.search(r"[^\w .,-]", piece[1:-1])
+    if quoted or _UNESCAPABLE.search(piece) or not piece.isprintable():
+        return literal(piece)
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(0), piece)
+
+
+def show_notice(notice: str, icon: str = ":material/link_off:") -> None:
+    """A URL notice (`gru_explainer.urlstate.Notice`, or any message quoting visitor text) as an st.warning whose
+    quoted text is literal (see md_escape)."""
+    st.warning(md_escape(notice), icon=icon)
 
 
 CPU_BUTTON_KEY = "gx_run_on_cpu"
@@ -394,5 +460,5 @@ def config_sidebar() -> ExplainConfig:
 
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
-           "file_stem", "glossary", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
-           "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout"]
+           "file_stem", "glossary", "literal", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
+           "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice"]

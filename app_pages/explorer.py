@@ -48,7 +48,7 @@ def _view() -> dict[str, Any]:
     if VIEW not in st.session_state:
         values, notices = view_from_query(st.query_params.to_dict(), VIEW_PARAMS.values())
         for notice in notices:
-            st.warning(ui.md_escape(notice), icon=":material/link_off:")
+            ui.show_notice(notice)
         target = STEP_K.fullmatch(st.session_state.get(CONFIG_TARGET, "") or "")
         if "explorer.k" not in values and target:  # a step-k target from the URL brings its k
             values["explorer.k"] = int(target.group(1))

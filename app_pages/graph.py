@@ -10,6 +10,7 @@ import ui
 from gru_explainer import ConfigError, ExplainConfig, TargetError
 from gru_explainer.explain import compile_target
 from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS, backward_graph, graph_facts
+from gru_explainer.urlstate import Notice, Quote
 
 FALLBACK_TARGET = "y[:, -1].sum()"
 OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -36,8 +37,8 @@ def _options_from_url() -> None:
         raw = st.query_params.get(_url_key(key))
         value = None if raw is None else parse(raw)
         if raw is not None and value is None:
-            st.warning(ui.md_escape(f"The URL's {_url_key(key)}={raw[:40]!r} is not valid here; using "
-                                    f"{_url_text(default)}."), icon=":material/link_off:")
+            ui.show_notice(Notice(f"The URL's {_url_key(key)}=", Quote(raw[:40]), f" is not valid here; using "
+                                  f"{_url_text(default)}."))
         st.session_state[key] = default if value is None else value
 
 
@@ -98,8 +99,8 @@ if "graph_target" not in st.session_state or st.session_state.get("graph_target_
     st.session_state["graph_target_synced"] = cfg.target
     st.session_state["graph_target"] = cfg.target if _fits(tiny) else FALLBACK_TARGET
     if not _fits(tiny):
-        st.info(f"The shared target `{cfg.target}` does not fit this tiny model; showing `{FALLBACK_TARGET}`.",
-                icon=":material/info:")
+        st.info(f"The shared target {ui.literal(cfg.target)} does not fit this tiny model; showing "
+                f"{ui.literal(FALLBACK_TARGET)}.", icon=":material/info:")
 target = st.text_input("Target", key="graph_target",
                        help="Same language as the explorer: y, h_n, c_n (LSTM), out (head), subscripts, "
                             "+ - * / **, .sum() .mean() .abs() .pow(k) .square() .norm().")

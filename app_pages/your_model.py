@@ -119,7 +119,9 @@ if spec.cell == "rnn":
                             help="tanh and relu RNNs have identical weights, so the file cannot tell them apart.")
     st.caption("An nn.RNN's state_dict does not store its nonlinearity (tanh and relu have the same weights): the "
                "default is tanh, nn.RNN's own default; choose relu if your model was built with nonlinearity='relu'.")
-st.table({"property": [r[0] for r in spec.rows(nonlinearity)], "value": [r[1] for r in spec.rows(nonlinearity)]})
+# st.table renders Markdown in its cells, and the key prefix comes from the visitor's file: shown literally.
+st.table({"property": [r[0] for r in spec.rows(nonlinearity)],
+          "value": [ui.md_escape(r[1]) for r in spec.rows(nonlinearity)]})
 
 st.subheader("Input and target")
 dtype_col, mode_col = st.columns(2)

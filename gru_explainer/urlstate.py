@@ -3,7 +3,11 @@
 Only non-default fields are written. Reading never raises: every unknown key, unparsable, out-of-limit or
 stale value (e.g. a device this machine lacks, a target the model cannot evaluate) falls back to its default
 and yields a human-readable notice naming the field and what is allowed. Keys containing a dot (e.g.
-``explorer.log``) belong to individual pages and are ignored here without a notice.
+``explorer.log``) belong to individual pages: the known ones (`PAGE_KEYS`) are left to their pages, any other
+(``explorer.bogus``, ``foo.bar``) gets a notice like every unknown key.
+
+Notices quote what the URL said, and a URL is anybody's text: each notice is a `Notice`, a str that keeps our own
+words apart from the `Quote`s of URL text, so a page can show the quoted parts literally (never as Markdown).
 """
 
 from __future__ import annotations
@@ -23,7 +27,48 @@ CHOICE_FIELDS = {"cell": CELLS, "head": HEADS, "dtype": DTYPES}
 SIZE_FIELDS_BY_RESET_ORDER = ("batch_size", "seq_len", "hidden_size", "num_layers")
 """When sizes are only invalid together (the state-size limit), reset them to defaults in this order."""
 MAX_VALUE_CHARS = 600
+PAGE_KEYS: frozenset[str] = frozenset({
+    # The explorer's view controls (app_pages/explorer.py VIEW_PARAMS).
+    "explorer.log", "explorer.k", "explorer.layer", "explorer.direction", "explorer.batch", "explorer.hm_log",
+    # The flow page: compared cells, followed layer / direction, the sweep's lengths and scales.
+    "flow.cells", "flow.layer", "flow.direction", "flow.T", "flow.scale",
+    # The graph page's options (app_pages/graph.py OPTIONS).
+    "graph.steps", "graph.ops", "graph.params",
+})
+"""Every URL key a page owns (``<page>.<control>``): left to the pages. A page that adds a dotted key adds it here
+(tests/test_hardening_urls.py checks that every page's URL keys are listed), or its key is noticed as unknown."""
 _TRUE = {"true", "1", "yes", "on"}
+
+
+class Quote(str):
+    """Text a visitor supplied (a URL key or value), quoted in a `Notice`: pages show it literally."""
+
+
+class Notice(str):
+    """A notice about the URL: our own words (plain str parts) and the visitor's text they quote (`Quote` parts).
+
+    As a str it is the whole sentence, each quote as a Python literal (``'1e309'``, truncated to 80 characters),
+    so it reads, logs and compares as before. `parts` keeps the two kinds apart: a page renders the quotes in a
+    Markdown-free form (ui.md_escape shows them as inline code), so no URL can put a link, an image, an icon
+    shortcode or formatting into the page. Our own parts may still hold a core error message, which can echo
+    the visitor's text too: pages escape them as well.
+    """
+
+    parts: tuple[str, ...]
+
+    def __new__(cls, *parts: str) -> Notice:
+        kept = tuple(Quote(_short(str(p))) if isinstance(p, Quote) else str(p) for p in parts)
+        self = super().__new__(cls, "".join(repr(p) if isinstance(p, Quote) else p for p in kept))
+        self.parts = kept
+        return self
+
+    def __reduce__(self) -> tuple:  # pickles (st.session_state, caches) keep the parts
+        return (Notice, self.parts)
+
+    @property
+    def quotes(self) -> tuple[str, ...]:
+        """The visitor's text this notice quotes (each truncated to 80 characters)."""
+        return tuple(str(p) for p in self.parts if isinstance(p, Quote))
 _FALSE = {"false", "0", "no", "off"}
 
 
@@ -48,13 +93,14 @@ def config_from_query(
 ) -> tuple[ExplainConfig, list[str]]:
     """Parse query parameters into a valid config plus notices for every value that fell back to its default.
 
-    Never raises. `page_keys` lists extra keys a page owns (ignored silently, like dotted keys).
+    Never raises. `page_keys` lists extra keys a page owns (ignored silently, like the known dotted `PAGE_KEYS`).
+    Each notice is a `Notice` (a str whose `parts` keep the quoted URL text apart).
     """
     notices: list[str] = []
     try:
         return _from_query(params, limits or Limits.from_env(), set(page_keys), notices), notices
     except Exception as err:  # a last resort: a broken URL must never break the page
-        notices.append(f"The URL could not be read ({type(err).__name__}); using the default settings.")
+        notices.append(Notice(f"The URL could not be read ({type(err).__name__}); using the default settings."))
         return DEFAULT, notices
 
 
@@ -65,19 +111,19 @@ def _from_query(params: Mapping[str, Any], limits: Limits, page_keys: set[str], 
         if isinstance(raw, list | tuple):
             raw = raw[-1] if raw else ""
         if not isinstance(key, str) or not isinstance(raw, str):
-            notices.append(f"Ignored a URL parameter that is not text: {str(key)[:40]!r}.")
+            notices.append(Notice("Ignored a URL parameter that is not text: ", Quote(str(key)[:40]), "."))
             continue
-        if key in page_keys or "." in key:
+        if key in page_keys or key in PAGE_KEYS:
             continue
         if key not in FIELD_NAMES:
-            notices.append(f"Ignored unknown URL parameter {_show(key)}; known: {', '.join(FIELD_NAMES)}.")
+            notices.append(unknown_key_notice(key))
             continue
         try:
             value = _parse(key, raw, limits)
             _check_alone(key, value, limits)
         except (ConfigError, ValueError) as err:
-            notices.append(f"URL parameter {key}={_show(raw)} ignored: {err}. Using the default "
-                           f"{getattr(DEFAULT, key)!r}.")
+            notices.append(Notice(f"URL parameter {key}=", Quote(raw), f" ignored: {err}. Using the default "
+                                  f"{getattr(DEFAULT, key)!r}."))
             continue
         values[key] = value
     cfg = DEFAULT.replace(**values)
@@ -139,9 +185,10 @@ def _check_alone(name: str, value: Any, limits: Limits) -> None:
 def _fix_combinations(cfg: ExplainConfig, limits: Limits, notices: list[str]) -> ExplainConfig:
     """Resolve fields that are valid alone but not together (answer_gru shape, the state-size limit)."""
     if cfg.cell == "answer_gru" and (cfg.num_layers != 1 or cfg.bidirectional):
-        notices.append("cell answer_gru (the seed answer's hand-written GRU) has exactly 1 layer and one direction; "
-                       f"using num_layers=1 and bidirectional=false instead of num_layers={cfg.num_layers}, "
-                       f"bidirectional={str(cfg.bidirectional).lower()}.")
+        notices.append(Notice("cell answer_gru (the seed answer's hand-written GRU) has exactly 1 layer and one "
+                              "direction; using num_layers=1 and bidirectional=false instead of "
+                              f"num_layers={cfg.num_layers}, "
+                              f"bidirectional={str(cfg.bidirectional).lower()}."))
         cfg = cfg.replace(num_layers=1, bidirectional=False)
     for name in SIZE_FIELDS_BY_RESET_ORDER:
         try:
@@ -150,13 +197,14 @@ def _fix_combinations(cfg: ExplainConfig, limits: Limits, notices: list[str]) ->
         except ConfigError as err:
             if getattr(cfg, name) == getattr(DEFAULT, name) or (name == "num_layers" and cfg.cell == "answer_gru"):
                 continue
-            notices.append(f"{err}. Using the default {name}={getattr(DEFAULT, name)} instead of {getattr(cfg, name)}.")
+            notices.append(Notice(f"{err}. Using the default {name}={getattr(DEFAULT, name)} instead of "
+                                  f"{getattr(cfg, name)}."))
             cfg = cfg.replace(**{name: getattr(DEFAULT, name)})
     try:
         cfg.validate(limits)
         return cfg
     except ConfigError as err:
-        notices.append(f"{err}. Using the default settings.")
+        notices.append(Notice(f"{err}. Using the default settings."))
         return DEFAULT
 
 
@@ -168,14 +216,22 @@ def _fix_target(cfg: ExplainConfig, notices: list[str]) -> ExplainConfig:
         compile_target(cfg)
         return cfg
     except (TargetError, ConfigError) as err:
-        notices.append(f"URL parameter target={_show(cfg.target)} ignored: {err}. "
-                       f"Using the default target {DEFAULT.target!r}.")
+        notices.append(Notice("URL parameter target=", Quote(cfg.target), f" ignored: {err}. "
+                              f"Using the default target {DEFAULT.target!r}."))
         return cfg.replace(target=DEFAULT.target)
 
 
-def _show(text: str, limit: int = 80) -> str:
-    """A short, quoted rendering of URL text for notices."""
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+def _short(text: str, limit: int = 80) -> str:
+    """URL text cut to `limit` characters for notices."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def unknown_key_notice(key: str) -> Notice:
+    """The notice for a URL key nobody owns: the config's fields, or for a dotted key the keys of its page."""
+    prefix = key.split(".", 1)[0] + "." if "." in key else ""
+    same_page = sorted(k for k in PAGE_KEYS if prefix and k.startswith(prefix))
+    known = ", ".join(same_page) if same_page else ", ".join(FIELD_NAMES)
+    return Notice("Ignored unknown URL parameter ", Quote(key), f"; known: {known}.")
 
 
 @dataclass(frozen=True)
@@ -235,7 +291,7 @@ def view_from_query(params: Mapping[str, str | list[str]], specs: Collection[Vie
             values[spec.key] = spec.parse(str(raw))
         except ValueError as err:
             default = "the page's default" if spec.default is None else repr(spec.default)
-            notices.append(f"URL parameter {spec.key}={_show(str(raw))} ignored: {err}. Using {default}.")
+            notices.append(Notice(f"URL parameter {spec.key}=", Quote(str(raw)), f" ignored: {err}. Using {default}."))
     return values, notices
 
 
@@ -245,4 +301,5 @@ def view_to_query(values: Mapping[str, Any], specs: Collection[ViewParam]) -> di
             if spec.key in values and values[spec.key] is not None and values[spec.key] != spec.default}
 
 
-__all__ = ["ViewParam", "config_from_query", "config_to_query", "view_from_query", "view_to_query"]
+__all__ = ["PAGE_KEYS", "Notice", "Quote", "ViewParam", "config_from_query", "config_to_query", "unknown_key_notice",
+           "view_from_query", "view_to_query"]

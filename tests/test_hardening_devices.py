@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 import ui
 from gru_explainer import DeviceError, ExplainConfig, available_devices, explain
 
+from .markdown import plain_text
 from .vega import explorer_complete
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_explorer_failing_device_offers_the_cpu_and_the_button_works(failing_gpu
     at.selectbox(key="gx_device").set_value(FAKE_GPU)
     run(at)
     assert len(at.error) == 1
-    message = at.error[0].value
+    message = plain_text(at.error[0].value)
     assert "failed on device 'cuda:0'" in message and "OutOfMemoryError" in message and "CUDA out of memory" in message
     assert not message.startswith("Unexpected")  # the DeviceError's own message, not a generic one
     # What stays on screen is the last valid (CPU) result, marked as such.
@@ -90,7 +91,7 @@ def test_flow_failing_device_offers_the_cpu(failing_gpu: None) -> None:
     at = AppTest.from_file(FLOW, default_timeout=90)
     at.session_state["gx_config"] = ExplainConfig(device=FAKE_GPU, seq_len=6, hidden_size=8)
     run(at)
-    assert len(at.error) == 1 and "failed on device 'cuda:0'" in at.error[0].value
+    assert len(at.error) == 1 and "failed on device 'cuda:0'" in plain_text(at.error[0].value)
     assert not at.get("vega_lite_chart")
     cpu_button(at).click()
     run(at)
@@ -104,7 +105,7 @@ def test_devices_page_failing_device_falls_back_to_comparing_on_the_cpu(failing_
     at.session_state["dev_repeats"] = 1
     run(at)
     assert at.multiselect(key="dev_devices").value == ["cpu", FAKE_GPU]
-    assert len(at.error) == 1 and "failed on device 'cuda:0'" in at.error[0].value
+    assert len(at.error) == 1 and "failed on device 'cuda:0'" in plain_text(at.error[0].value)
     cpu_button(at).click()
     run(at)
     assert not at.error
@@ -118,7 +119,8 @@ def test_absent_device_in_the_url_falls_back_with_a_notice() -> None:
     run(at)
     assert len(at.warning) == 1 and not at.error
     available = ", ".join(["auto", *available_devices()])
-    assert f"device 'cuda:7' is not available on this machine; available: {available}" in at.warning[0].value
+    notice = plain_text(at.warning[0].value)
+    assert f"device 'cuda:7' is not available on this machine; available: {available}" in notice
     assert at.session_state["gx_config"].device == "cpu" and "device" not in at.query_params
     assert explorer_complete(at)
 
@@ -128,7 +130,7 @@ def test_a_session_whose_device_went_away_gets_the_cpu_button() -> None:
     at = AppTest.from_file(EXPLORER, default_timeout=60)
     at.session_state["gx_config"] = ExplainConfig(device="cuda:3")
     run(at)
-    assert len(at.error) == 1 and "device 'cuda:3' is not available" in at.error[0].value
+    assert len(at.error) == 1 and "device 'cuda:3' is not available" in plain_text(at.error[0].value)
     cpu_button(at).click()
     run(at)
     assert not at.error and explorer_complete(at)

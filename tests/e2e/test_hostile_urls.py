@@ -1,0 +1,78 @@
+"""Text from visitors is never Markdown, in a real browser: every page opened with a URL full of links, images,
+HTML, icon and emoji shortcodes and formatting (in config fields, page keys, unknown keys and unknown dotted keys)
+shows that text literally. No `<a>` on the page points anywhere the URL named, no `<img>` loads from it, no icon
+or emoji is drawn from a shortcode in it, nothing in it is bold, and the text itself is still visible.
+
+All pages load at once (one browser session each, against the one server), so the test takes one page's time.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+
+from scripts.screenshots import new_context, wait_for_app
+from ui import WORD_JOINER
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = [
+    # (key, value): every kind of key with Markdown that escaping alone did not neutralise (issue 9)
+    ("seed", "http://evil.example www.evil.example a@evil.example"),
+    ("target", "[click](http://evil.example/)"),
+    ("cell", '<a href="http://evil.example/cell">x</a>'),
+    ("hidden_size", "https://evil.example/size"),
+    ("head", "![img](http://evil.example/head.png)"),
+    ("dtype", ":material/warning: :smile: **bold**"),
+    ("device", "javascript:alert(1)"),
+    ("weight_scale", "<img src=http://evil.example/ws.png>"),
+    ("[k](http://evil.example/key)", "v"),
+    ("www.evil.example", "1"),
+    ("explorer.bogus", "http://evil.example/dotted"),
+    ("foo.bar", "a@evil.example"),
+    ("explorer.log", "[x](javascript:alert(2))"),
+    ("explorer.direction", ":material/warning:"),
+    ("flow.cells", "http://evil.example/flow"),
+    ("flow.T", "www.evil.example"),
+    ("graph.steps", "<a href=http://evil.example/graph>g</a>"),
+]
+QUERY = urlencode(HOSTILE)
+
+FORBIDDEN = """() => {
+    const main = document.querySelector('[data-testid="stMain"]') || document.body;
+    const bad = [];
+    for (const a of document.querySelectorAll('a[href]')) {
+        const href = a.getAttribute('href').toLowerCase();
+        if (href.includes('evil') || href.startsWith('javascript:') || href.startsWith('mailto:'))
+            bad.push('link ' + href);
+    }
+    for (const img of document.querySelectorAll('img[src]'))
+        if (img.getAttribute('src').includes('evil')) bad.push('image ' + img.getAttribute('src'));
+    for (const icon of main.querySelectorAll('[data-testid="stMarkdownContainer"] [data-testid="stIconMaterial"]'))
+        bad.push('icon ' + icon.textContent);
+    for (const strong of main.querySelectorAll('[data-testid="stMarkdownContainer"] strong'))
+        if (strong.textContent.includes('bold')) bad.push('bold ' + strong.textContent);
+    if (main.innerText.includes('\\u{1F604}')) bad.push('emoji from :smile:');
+    return bad;
+}"""
+
+
+def test_hostile_urls_on_every_page_show_their_text_literally(browser, base_url, pages):
+    contexts = [new_context(browser) for _ in pages]
+    try:
+        tabs = [ctx.new_page() for ctx in contexts]
+        for tab, page in zip(tabs, pages, strict=True):  # every session starts before any is awaited
+            tab.goto(page.url(base_url, QUERY), wait_until="commit")
+        for tab, page in zip(tabs, pages, strict=True):
+            wait_for_app(tab, timeout_ms=180_000)
+            assert tab.evaluate(FORBIDDEN) == [], page.name
+            notices = " ".join(tab.locator('[data-testid="stAlertContentWarning"]').all_inner_texts())
+            notices = notices.replace(WORD_JOINER, "")  # ui.literal keeps ":material/" from Streamlit's rewrite
+            for shown in ("http://evil.example www.evil.example a@evil.example", "[click](http://evil.example/)",
+                          ":material/warning: :smile: **bold**", "explorer.bogus", "foo.bar", "www.evil.example"):
+                assert shown in notices, (page.name, shown)  # literally, as the URL gave it
+            assert "explorer.bogus" not in tab.url and "foo.bar" not in tab.url, tab.url  # noticed and dropped
+    finally:
+        for ctx in contexts:
+            ctx.close()
