@@ -34,6 +34,9 @@ PAGE_KEYS: frozenset[str] = frozenset({
     "flow.cells", "flow.layer", "flow.direction", "flow.T", "flow.scale",
     # The graph page's options (app_pages/graph.py OPTIONS).
     "graph.steps", "graph.ops", "graph.params",
+    # The training page (app_pages/learn.py VIEW_PARAMS).
+    "learn.task", "learn.cell", "learn.compare", "learn.T", "learn.H", "learn.layers", "learn.steps", "learn.batch",
+    "learn.lr", "learn.seed", "learn.every", "learn.snapshot",
 })
 """Every URL key a page owns (``<page>.<control>``): left to the pages. A page that adds a dotted key adds it here
 (tests/test_hardening_urls.py checks that every page's URL keys are listed), or its key is noticed as unknown."""
