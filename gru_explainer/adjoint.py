@@ -199,6 +199,77 @@ def _recurse(step, start: Scaled, direct: Scaled, every: int,
     return stored[::-1], exps[::-1], Scaled(m, e)
 
 
+def _recurse_into(step_into, step, start: Scaled, direct: Scaled, every: int) -> tuple[Tensor, list[Tensor], Scaled]:
+    """`_recurse` without padding, writing each carry straight into its step's row of one preallocated buffer.
+
+    step_into(s, v, out) writes step s's carry (from v = dL/dh_s) into `out` (the row of step s-1), with no new
+    tensors; step(s, v) returns the carry left after step 0. Fewer ops per step than `_recurse`, same numbers.
+    """
+    steps = direct.mantissa.shape[0]
+    active = (direct.exponent != ZERO_ROW).any(dim=1).tolist()
+    plan = [(steps - 1 - s) % every == every - 1 for s in range(steps)]
+    out = torch.empty_like(direct.mantissa)
+    rows = out.unbind(0)
+    direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
+    rows[-1].copy_(start.mantissa)
+    e = start.exponent
+    exps = []
+    for s in range(steps - 1, -1, -1):
+        v = rows[s]
+        if active[s]:
+            m, e = add_scaled(v, e, direct_m[s], direct_e[s])
+            v.copy_(m)
+        exps.append(e)
+        if s == 0:
+            carry = Scaled(step(0, v), e)
+        else:
+            step_into(s, v, rows[s - 1])
+            if plan[s]:
+                k = torch.frexp(row_max_abs(rows[s - 1])).exponent
+                torch.ldexp(rows[s - 1], -k.unsqueeze(1), out=rows[s - 1])
+                e = e + k
+    if plan[0]:
+        carry = Scaled(*_renormalize(carry.mantissa, carry.exponent))
+    return out, exps[::-1], carry
+
+
+CHUNK_ELEMENTS = 1 << 15
+"""Elementwise work over all steps runs in time chunks of about this many elements per tensor (they stay in cache)."""
+
+
+def _time_chunks(seq_len: int, row_elements: int) -> list[slice]:
+    """Slices of the time axis, each holding about CHUNK_ELEMENTS elements of a [T, row_elements] tensor."""
+    size = max(1, CHUNK_ELEMENTS // max(row_elements, 1))
+    return [slice(t, min(t + size, seq_len)) for t in range(0, seq_len, size)]
+
+
+def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """The GRU's local derivatives at every step, from its inputs [T, B, I] and previous states [T, B, H].
+
+    Returns z [T, B, H] (∂h/∂h_prev directly), a_n [T, B, H] (∂h/∂(n pre-activation)) and coef [T, B, 3, H]
+    (∂h/∂gh per gate block: r, z, n). The gate pre-activations gi = W_ih x + b_ih and gh = W_hh h_prev + b_hh are
+    recomputed and used chunk by chunk in time, so they stay in cache (same ops, same rounding as on whole tensors).
+    """
+    w_ih, w_hh, b_ih, b_hh = params
+    seq_len, batch, hidden = prev.shape
+    rz_all = prev.new_empty(seq_len, batch, 2, hidden)
+    a_all = prev.new_empty(seq_len, batch, hidden)
+    coef = prev.new_empty(seq_len, batch, 3, hidden)
+    for sl in _time_chunks(seq_len, 3 * batch * hidden):
+        gi_c = linear(inputs[sl], w_ih, b_ih).view(-1, batch, 3, hidden)
+        gh_c = linear(prev[sl], w_hh, b_hh).view(-1, batch, 3, hidden)
+        c = coef[sl]
+        rz = torch.add(gi_c[:, :, :2], gh_c[:, :, :2], out=rz_all[sl]).sigmoid_()
+        r, z = rz[:, :, 0], rz[:, :, 1]  # reset gate; update gate
+        gh_n = gh_c[:, :, 2]
+        n = torch.addcmul(gi_c[:, :, 2], r, gh_n).tanh_()  # candidate
+        a_n = torch.mul(1 - z, 1 - n * n, out=a_all[sl])  # ∂h/∂(n pre-activation)
+        torch.mul(a_n * gh_n, r * (1 - r), out=c[:, :, 0])  # ∂h/∂(r pre-activation)
+        torch.mul(prev[sl] - n, z * (1 - z), out=c[:, :, 1])  # ∂h/∂(z pre-activation)
+        torch.mul(a_n, r, out=c[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
+    return rz_all[:, :, 1], a_all, coef
+
+
 def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tensor, Tensor, Tensor, Tensor],
                   direct_h: Scaled, final_c: Tensor | None, every: int | None = None, *,
                   initial: tuple[Tensor | None, Tensor | None] | None = None,
@@ -220,22 +291,11 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     seq_len, batch, hidden = states.shape
     h_0, c_0 = initial if initial is not None else (None, None)
     prev = _shift(states, h_0)
-    gi = linear(inputs, w_ih, b_ih)  # all input projections in one matmul
-    gh = linear(prev, w_hh, b_hh)  # all recurrent projections in one matmul (states are known)
     w_sum = float(w_hh.abs().sum(dim=0).max())  # bounds |(u @ w_hh)_j| / max|u|
     zeros = states.new_zeros(batch, hidden)
 
     if kind == "gru":
-        gi_g, gh_g = gi.view(seq_len, batch, 3, hidden), gh.view(seq_len, batch, 3, hidden)
-        rz = torch.sigmoid(gi_g[:, :, :2] + gh_g[:, :, :2])
-        r, z = rz[:, :, 0], rz[:, :, 1]  # reset gate; update gate (∂h/∂h_prev directly)
-        gh_n = gh_g[:, :, 2]
-        n = torch.tanh(torch.addcmul(gi_g[:, :, 2], r, gh_n))  # candidate
-        a_n = (1 - z) * (1 - n * n)  # ∂h/∂(n pre-activation)
-        coef_hh = torch.empty_like(gi_g)  # ∂h/∂gh per gate block, [T, B, 3, H], written in place (no stack copies)
-        torch.mul(a_n * gh_n, r * (1 - r), out=coef_hh[:, :, 0])  # ∂h/∂(r pre-activation)
-        torch.mul(prev - n, z * (1 - z), out=coef_hh[:, :, 1])  # ∂h/∂(z pre-activation)
-        torch.mul(a_n, r, out=coef_hh[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
+        z, a_n, coef_hh = _gru_coefficients(inputs, prev, params)
         # |z| <= 1, |c_z| <= 1/2, |a_n r| <= 1, |c_r| <= |gh_n| / 4 <= (max row sum of |W_hn| + max |b_hn|) / 4
         w_hn, b_hn = w_hh[2 * hidden:], (b_hh[2 * hidden:] if b_hh is not None else w_hh.new_zeros(1))
         gain = 1 + w_sum * max(1.0, (float(w_hn.abs().sum(dim=1).max()) + float(b_hn.abs().max())) / 4)
@@ -243,6 +303,14 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
             return v, torch.addmm(v * z_s[s], (v.unsqueeze(1) * coef_s[s]).view(batch, 3 * hidden), w_hh)
+
+        gates = states.new_empty(batch, 3, hidden)  # the lean loop's scratch row: v · ∂h/∂gh per gate block
+        gates_flat = gates.view(batch, 3 * hidden)
+
+        def step_into(s: int, v: Tensor, out: Tensor) -> None:  # out = v·z + (v·∂h/∂gh) @ W_hh, no new tensors
+            torch.mul(v.unsqueeze(1), coef_s[s], out=gates)
+            torch.mul(v, z_s[s], out=out)
+            out.addmm_(gates_flat, w_hh)
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:  # (dL/dgi, dL/dgh) [T, B, 3H]
             d_gh = v.unsqueeze(2) * coef_hh
@@ -252,7 +320,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         start = Scaled.of(zeros)
     elif kind == "lstm":
-        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+        i, f, g, o = (linear(inputs, w_ih, b_ih) + linear(prev, w_hh, b_hh)).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         # The fused module returns h_t only; recompute c_t = f*c_{t-1} + i*g (elementwise, cheap).
         ig = i * g
@@ -293,14 +361,26 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
             return v, (v * slope_s[s]) @ w_hh
 
+        scratch = states.new_empty(batch, hidden)
+
+        def step_into(s: int, v: Tensor, out: Tensor) -> None:
+            torch.mm(torch.mul(v, slope_s[s], out=scratch), w_hh, out=out)
+
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:
             d = v * slope
             return d, d
 
         start = Scaled.of(zeros)
-    stored, exps, carry = _recurse(step, start, direct_h, every or renorm_interval(gain), valid)
+    interval = every or renorm_interval(gain)
+    if kind != "lstm" and valid is None:  # the lean loop: each carry written into its row, nothing stacked
+        mantissa, exps, carry = _recurse_into(step_into, lambda s, v: step(s, v)[1], start, direct_h, interval)
+        stored = None
+    else:
+        stored, exps, carry = _recurse(step, start, direct_h, interval, valid)
     exponent = torch.stack(exps)
-    if kind == "lstm":
+    if stored is None:
+        hidden_grad, cell_grad = Scaled(mantissa, exponent), None
+    elif kind == "lstm":
         hidden_grad = Scaled(torch.stack([h for h, _ in stored]), exponent)
         cell_grad = Scaled(torch.stack([c for _, c in stored]), exponent)
     else:
@@ -324,9 +404,13 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
                 flat_gi.sum(0) if b_ih is not None else None, flat_gh.sum(0) if b_hh is not None else None)
 
     if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
-        d_gi = hidden_grad.mantissa.unsqueeze(2) * coef_hh
-        torch.mul(hidden_grad.mantissa, a_n, out=d_gi[:, :, 2])
-        input_grad = Scaled(d_gi.view(seq_len, batch, 3 * hidden) @ w_ih, exponent)
+        input_m = inputs.new_empty(seq_len, batch, w_ih.shape[1])
+        v = hidden_grad.mantissa
+        for sl in _time_chunks(seq_len, 3 * batch * hidden):
+            d_gi = v[sl].unsqueeze(2) * coef_hh[sl]
+            torch.mul(v[sl], a_n[sl], out=d_gi[:, :, 2])
+            torch.mm(d_gi.reshape(-1, 3 * hidden), w_ih, out=input_m[sl].view(-1, w_ih.shape[1]))
+        input_grad = Scaled(input_m, exponent)
     elif kind == "lstm":
         d_gi = torch.stack((cell_grad.mantissa,) * 3 + (hidden_grad.mantissa,), dim=2) * coef
         input_grad = Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent)
