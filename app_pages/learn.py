@@ -74,14 +74,21 @@ def _to_url(values: dict[str, Any]) -> None:
 
 
 @st.cache_data(max_entries=8, max_size="128MB", show_spinner=False)
-def _train_cached(fields: tuple[tuple[str, Any], ...], _progress: Any = None) -> TrainResult:
-    """One training run, cached on its config (a few MB each; at most 8 kept)."""
-    return train(TrainConfig(**dict(fields)), LIMITS, progress=_progress)
+def _train_cached(fields: tuple[tuple[str, Any], ...]) -> TrainResult:
+    """One training run with a progress bar, cached on its config (a few MB each; at most 8 kept). The bar is
+    created here, inside the cached function, so a cache hit replays it (already emptied) instead of failing."""
+    cfg = TrainConfig(**dict(fields))
+    bar = st.progress(0.0, text=f"Training {CELL_LABELS[cfg.cell]}…")
+    try:
+        return train(cfg, LIMITS, progress=lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0),
+                                                                                   text=message))
+    finally:
+        bar.empty()
 
 
-def cached_train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
-    """`train(cfg)` through the page's bounded cache (importable for tests)."""
-    return _train_cached(tuple(cfg.to_dict().items()), progress)
+def cached_train(cfg: TrainConfig) -> TrainResult:
+    """`train(cfg)` through the page's bounded cache."""
+    return _train_cached(tuple(cfg.to_dict().items()))
 
 
 def _pct(value: float) -> str:
@@ -195,18 +202,11 @@ st.markdown(f"**Task**: {ui.md_escape(spec.description)} Chance level: loss {spe
             f"{spec.chance_accuracy:.1%}.")
 
 results: list[TrainResult] = []
-bar = st.progress(0.0, text="Training…")
 try:
-    for i, name in enumerate(cells):
-        def report(fraction: float, message: str, i: int = i) -> None:
-            bar.progress(min(max((i + fraction) / len(cells), 0.0), 1.0), text=message)
-
-        results.append(cached_train(base.replace(cell=name), report))
+    results = [cached_train(base.replace(cell=name)) for name in cells]
 except Exception as err:  # never a traceback (e.g. out of memory)
-    bar.empty()
     ui.show_error(err)
     st.stop()
-bar.empty()
 
 st.caption(" ".join(f"{CELL_LABELS[r.config.cell]} trained in {r.seconds:.1f} s." for r in results))
 comparison = _comparison(results)
