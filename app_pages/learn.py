@@ -136,20 +136,16 @@ def _sentences(result: TrainResult) -> list[str]:
 
 
 def _comparison(results: list[TrainResult]) -> str | None:
-    """Which cell learned (lower final loss relative to chance), from the numbers."""
+    """Which cell learned (lower final loss relative to chance) and where its input gradient goes, from the numbers."""
     if len(results) < 2:
         return None
-    (a, b) = results
-    ra, rb = (r.final["loss"] / r.task.chance_loss for r in (a, b))
-    la, lb = CELL_LABELS[a.config.cell], CELL_LABELS[b.config.cell]
-    if not (math.isfinite(ra) and math.isfinite(rb)):
+    ranked = sorted(results, key=lambda r: r.final["loss"] / r.task.chance_loss)
+    if not all(math.isfinite(r.final["loss"]) for r in ranked):
         return None
-    better, worse, rbet, rwor = (la, lb, ra, rb) if ra <= rb else (lb, la, rb, ra)
-    sa, sb = a.final["relevant_share"], b.final["relevant_share"]
-    share = (f" and puts {_pct(sa if better == la else sb)} of its input gradient on the relevant positions against "
-             f"{_pct(sb if better == la else sa)}") if math.isfinite(sa) and math.isfinite(sb) else ""
-    return (f"Same task, seed and batches: {better} ends at {_pct(rbet)} of the chance loss, {worse} at "
-            f"{_pct(rwor)}{share}.")
+    parts = [f"{CELL_LABELS[r.config.cell]} ends at {_pct(r.final['loss'] / r.task.chance_loss)} of the chance loss "
+             f"and puts {_pct(r.final['relevant_share'])} of its input gradient on {r.task.relevant_text}"
+             for r in ranked]
+    return "Same task, seed and batches: " + "; ".join(parts) + "."
 
 
 title_col, glossary_col = st.columns([5, 1], vertical_alignment="bottom")

@@ -90,7 +90,9 @@ def test_defaults_train_two_cells_and_every_number_comes_from_the_runs() -> None
     text = "\n".join(m.value for m in at.markdown)
     lstm_loss = float(metrics["LSTM: loss / chance"].rstrip("%")) / 100
     assert lstm_loss < 0.05 < float(metrics["RNN tanh: loss / chance"].rstrip("%")) / 100
-    assert "Same task, seed and batches: LSTM ends at" in text
+    assert (f"Same task, seed and batches: LSTM ends at {metrics['LSTM: loss / chance']} of the chance loss and puts "
+            f"{metrics['LSTM: input gradient on relevant positions']} of its input gradient on the 2 marked positions; "
+            f"RNN tanh ends at {metrics['RNN tanh: loss / chance']}") in text
     assert f"{metrics['LSTM: input gradient on relevant positions']} of the input-gradient mass is on the 2 marked " \
            "positions (4.0% of the positions)" in text
     heat = pd.concat(_with(at, "distance", "log10", "status"))
