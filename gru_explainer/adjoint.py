@@ -233,7 +233,7 @@ def _recurse_into(step_into, step, start: Scaled, direct: Scaled, every: int) ->
     return out, exps[::-1], carry
 
 
-CHUNK_ELEMENTS = 1 << 15
+CHUNK_ELEMENTS = 1 << 17
 """Elementwise work over all steps runs in time chunks of about this many elements per tensor (they stay in cache)."""
 
 
