@@ -270,17 +270,11 @@ def _snapshot(model: TaskModel, cfg: TrainConfig, batch: TaskBatch, step: int,
         output = model(x)
         loss = task_loss(cfg.task, output, batch.target)
         loss.backward()
-    call = rec.calls[0]
-    report = call.report
-    frame = call.frame
-    frame = frame[frame["quantity"].isin(SNAPSHOT_QUANTITIES)].reset_index(drop=True)
-    frame.insert(0, "step", step)
-    frame.insert(1, "cell", cfg.cell)
-    frame["distance"] = cfg.seq_len - 1 - frame["t"].astype(int)
-    frame = frame[list(SNAPSHOT_COLUMNS)]
+    report = rec.calls[0].report
     inputs, totals = input_profile(report.input_magnitude.log10_row_norm(), batch.relevant)
-    inputs.insert(0, "step", step)
-    inputs.insert(1, "cell", cfg.cell)
+    # The frame is filtered and labelled once for all snapshots at the end (`_tables`): one pandas operation on the
+    # whole table costs far less than one per snapshot.
+    frame = report.frame
     return loss, output, Snapshot(frame, inputs, totals)
 
 
@@ -418,19 +412,31 @@ def train(cfg: TrainConfig, limits: TrainLimits | None = None, progress: Progres
     return _result(cfg, spec, model, batch, history, snapshots, seconds)
 
 
+def _tables(cfg: TrainConfig, snapshots: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The snapshots' frames and input profiles as two tidy tables (SNAPSHOT_COLUMNS; step, cell, t, ...)."""
+    steps = [step for step, *_ in snapshots]
+    frames = pd.concat([s.frame for *_, s in snapshots], keys=steps, names=["step", None]).reset_index(level=0)
+    keep = np.flatnonzero(frames["quantity"].isin(SNAPSHOT_QUANTITIES).to_numpy())
+    frames = frames.iloc[keep].reset_index(drop=True)
+    frames["cell"] = cfg.cell
+    frames["distance"] = cfg.seq_len - 1 - frames["t"].astype(int)
+    frames = frames[list(SNAPSHOT_COLUMNS)]
+    inputs = pd.concat([s.inputs for *_, s in snapshots], keys=steps, names=["step", None]).reset_index(level=0)
+    inputs.insert(1, "cell", cfg.cell)
+    return frames, inputs.reset_index(drop=True)
+
+
 def _result(cfg: TrainConfig, spec: TaskSpec, model: TaskModel, probe: TaskBatch, history: list, snapshots: list,
             seconds: float) -> TrainResult:
-    frames = pd.concat([s.frame for *_, s in snapshots], ignore_index=True)
-    inputs = pd.concat([s.inputs for *_, s in snapshots], ignore_index=True)
+    frames, inputs = _tables(cfg, snapshots)
     top = cfg.num_layers - 1
-    hidden = frames[(frames["quantity"] == "hidden_state") & (frames["layer"] == top)]
-    rows = []
-    for step, loss, accuracy, snap in snapshots:
-        h = hidden[hidden["step"] == step].sort_values("t")
-        log10 = h["log10_norm"].astype(float).to_numpy()
-        rows.append({"step": step, "cell": cfg.cell, "loss": loss, "accuracy": accuracy, **snap.totals,
-                     "hidden_first_log10": float(log10[0]), "hidden_last_log10": float(log10[-1]),
-                     "hidden_zero_steps": int((h["zero_cause"] != "").sum())})
+    hidden = frames[(frames["quantity"] == "hidden_state") & (frames["layer"] == top)].sort_values(["step", "t"])
+    by_step = hidden.groupby("step", sort=True)
+    first, last = by_step["log10_norm"].first(), by_step["log10_norm"].last()
+    zeros = (hidden["zero_cause"] != "").groupby(hidden["step"]).sum()
+    rows = [{"step": step, "cell": cfg.cell, "loss": loss, "accuracy": accuracy, **snap.totals,
+             "hidden_first_log10": float(first[step]), "hidden_last_log10": float(last[step]),
+             "hidden_zero_steps": int(zeros[step])} for step, loss, accuracy, snap in snapshots]
     summary = pd.DataFrame(rows)
     history_frame = pd.DataFrame(history, columns=["step", "loss", "accuracy"])
     history_frame.insert(1, "cell", cfg.cell)

@@ -1,0 +1,77 @@
+"""Training benchmark: `gru_explainer.train` with a snapshot through `watch` every 10 steps against the same plain
+training loop without `watch`, per cell, in one process.
+
+Run: ``python -m benchmarks.train`` (``--quick`` for fewer repeats). One intra-op thread (as the app runs). Each
+case is a whole run of STEPS training steps (fresh batches, Adam, gradient clipping, loss and accuracy per step),
+timed round-robin (`benchmarks.engine.interleaved_ms`); ratios are against the plain loop measured alongside
+(compare ratios, not absolute times). The snapshot case is `train(cfg)` itself: 11 watched steps (0, 10, …, 90)
+plus the final snapshot after the last update, and the tidy tables built at the end. Configs: the page's default
+sizes (adding problem, T = 50, H = 32, B = 64) and a larger one (T = 100, H = 128, B = 64), where watch's fixed
+per-call cost weighs less. Target (issue 12): ≤ 1.10× with snapshots every 10 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from gru_explainer.tasks import make_batch, task_accuracy, task_loss, task_spec
+from gru_explainer.train import TRAIN_CELLS, TrainConfig, build_model, train
+
+from .engine import interleaved_ms
+
+STEPS = 100
+CONFIGS = {"page default (T=50, H=32, B=64)": TrainConfig(steps=STEPS, snapshot_every=10),
+           "larger (T=100, H=128, B=64)": TrainConfig(steps=STEPS, snapshot_every=10, seq_len=100, hidden_size=128)}
+
+
+def plain_run(cfg: TrainConfig) -> list[tuple[int, float, float]]:
+    """The same training loop as `train` (model, batches, Adam, clipping, per-step loss and accuracy), no watch."""
+    spec = task_spec(cfg.task, cfg.seq_len)
+    model = build_model(cfg, spec)
+    data = torch.Generator().manual_seed(cfg.seed)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    history = []
+    for step in range(cfg.steps):
+        batch = make_batch(cfg.task, cfg.batch_size, cfg.seq_len, data)
+        optimizer.zero_grad(set_to_none=True)
+        output = model(batch.x)
+        loss = task_loss(cfg.task, output, batch.target)
+        loss.backward()
+        history.append((step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target)))
+        if cfg.clip_norm > 0:
+            nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        optimizer.step()
+    return history
+
+
+def run(repeats: int) -> None:
+    """Print, per config and cell, the median time of both runs, the ratio and the steps per second."""
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread; {STEPS} steps per run, snapshots every 10 "
+          f"steps; median of {repeats}, round-robin")
+    for name, base in CONFIGS.items():
+        print(f"\n== {name} ==")
+        print(f"{'cell':10s} {'plain loop':>12s} {'snapshots':>12s} {'ratio':>7s} {'plain steps/s':>14s} "
+              f"{'with snapshots':>15s}")
+        for cell in TRAIN_CELLS:
+            cfg = base.replace(cell=cell)
+            timed = interleaved_ms({"plain": lambda cfg=cfg: plain_run(cfg), "snapshots": lambda cfg=cfg: train(cfg)},
+                                   repeats)
+            plain, snaps = timed["plain"], timed["snapshots"]
+            print(f"{cell:10s} {plain:9.0f} ms {snaps:9.0f} ms {snaps / plain:6.2f}x {STEPS / plain * 1000:14.1f} "
+                  f"{STEPS / snaps * 1000:15.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
+    args = parser.parse_args()
+    run(1 if args.quick else 3)
+
+
+if __name__ == "__main__":
+    main()
