@@ -265,9 +265,14 @@ st.caption(" ".join(f"{CELL_LABELS[row.cell]} at step {int(row.step)}: loss {row
                     for row in at_step.itertuples(index=False)))
 
 st.subheader("Take the trained model with you")
-st.caption("The trained weights are a plain state_dict (rnn.weight_ih_l0, …, head.weight): upload it on the "
-           "Your model page, or run python -m gru_explainer explain --state-dict model.pt. The same run from the "
-           "command line: python -m gru_explainer train --out DIR with these settings.")
+command = " ".join(["python -m gru_explainer train", *(
+    f"--{name.replace('_', '-')} {getattr(base, name):g}" if isinstance(getattr(base, name), float) else
+    f"--{name.replace('_', '-')} {getattr(base, name)}"
+    for name in base.to_dict() if getattr(base, name) != getattr(DEFAULT, name)), "--out run/"])
+st.caption("The trained weights are a plain state_dict (rnn.weight_ih_l0, …, head.weight): upload one on the Your "
+           "model page, or run python -m gru_explainer explain --state-dict model.pt. The same run of the first cell "
+           "from the command line:")
+st.code(command, language="bash", wrap_lines=True)
 download_cols = st.columns(len(results) + 1)
 for col, result in zip(download_cols, results, strict=False):
     col.download_button(f"{CELL_LABELS[result.config.cell]} weights (.pt)", result.state_dict_bytes(),

@@ -59,24 +59,32 @@ LOG10_2 = math.log10(2.0)
 
 @dataclass(frozen=True)
 class TrainLimits:
-    """Bounds on a training run; `work` = steps × batch × T × H × layers bounds its time (hosted: ≤ ~60 s)."""
+    """Bounds on a training run, so the largest allowed run takes about a minute on one CPU core (hosted).
+
+    Time grows with the sequential part steps × T × layers (every time step of every layer is one kernel call in the
+    forward and one in the backward, whatever the sizes) and with the arithmetic steps × batch × T × H × layers.
+    Measured on one busy CPU core (torch 2.13, a second process competing): 0.25-0.75 ms per (step, time step,
+    layer) (GRU slowest), watched snapshots 60-260 ms each; the default run (20,000 sequential, 25.6 M work, 21
+    snapshots) trains in 3-6 s; at the bounds below a run takes about 40-70 s there.
+    """
 
     max_steps: int = 3000
     max_batch_size: int = 128
     max_seq_len: int = 200
     max_hidden_size: int = 128
     max_num_layers: int = 2
-    max_snapshots: int = 100
-    """steps / snapshot_every: bounds the snapshot table (and the page's cache)."""
-    max_work: int = 300_000_000
-    """steps × batch_size × seq_len × hidden_size × num_layers. Measured on one busy CPU core (torch 2.13): the
-    default run (25.6 M) trains in ~2 s, an LSTM at 300 M (e.g. 3000 steps, B 32, T 50, H 64) in ~40-50 s."""
+    max_snapshots: int = 60
+    """steps / snapshot_every: bounds the snapshot table, the page's cache and the watched steps' time."""
+    max_sequential: int = 80_000
+    """steps × seq_len × num_layers (4× the default run)."""
+    max_work: int = 100_000_000
+    """steps × batch_size × seq_len × hidden_size × num_layers (about 4× the default run)."""
 
     @classmethod
     def local(cls) -> TrainLimits:
         """Generous limits for a local machine."""
         return cls(max_steps=200_000, max_batch_size=4096, max_seq_len=4096, max_hidden_size=2048, max_num_layers=8,
-                   max_snapshots=5000, max_work=10**15)
+                   max_snapshots=5000, max_sequential=10**12, max_work=10**15)
 
     @classmethod
     def from_env(cls) -> TrainLimits:
@@ -106,6 +114,11 @@ class TrainConfig:
     def work(self) -> int:
         """steps × batch_size × seq_len × hidden_size × num_layers (the time limit)."""
         return self.steps * self.batch_size * self.seq_len * self.hidden_size * self.num_layers
+
+    @property
+    def sequential(self) -> int:
+        """steps × seq_len × num_layers (the sequential-time limit)."""
+        return self.steps * self.seq_len * self.num_layers
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -152,6 +165,10 @@ class TrainConfig:
             raise ConfigError(f"steps × batch_size × seq_len × hidden_size × num_layers must be at most "
                               f"{limits.max_work:,} (the training-time limit), got {self.work:,}; reduce steps, "
                               "batch_size, seq_len, hidden_size or num_layers")
+        if self.sequential > limits.max_sequential:
+            raise ConfigError(f"steps × seq_len × num_layers must be at most {limits.max_sequential:,} (the "
+                              f"training-time limit: every time step is one kernel call per layer), got "
+                              f"{self.sequential:,}; reduce steps, seq_len or num_layers")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -497,6 +514,7 @@ def add_train_command(commands: Any) -> None:
                     "command and the Your model page load).",
         epilog=f"Hosted limits: steps <= {hosted.max_steps}, batch <= {hosted.max_batch_size}, T <= "
                f"{hosted.max_seq_len}, hidden <= {hosted.max_hidden_size}, layers <= {hosted.max_num_layers}, "
+               f"snapshots <= {hosted.max_snapshots}, steps × T × layers <= {hosted.max_sequential:,}, "
                f"steps × batch × T × hidden × layers <= {hosted.max_work:,}; --limits local raises them. "
                "Exit codes: 0 written, 2 invalid options, 1 writing failed.")
     sub.set_defaults(command_parser=sub)

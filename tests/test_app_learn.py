@@ -110,6 +110,9 @@ def test_chart_data_equals_the_core_and_a_changed_cell_reruns() -> None:
         got = heat[heat["cell"] == cell].sort_values(["step", "t"])
         want = result.snapshots[result.snapshots["quantity"] == "hidden_state"].sort_values(["step", "t"])
         np.testing.assert_allclose(got["log10"].astype(float), want["log10_norm"], rtol=1e-12)
+    command = at.code[0].value  # the same run from the command line, with exactly the non-default settings
+    assert command == ("python -m gru_explainer train --hidden-size 8 --seq-len 12 --steps 40 --batch-size 8 "
+                       "--snapshot-every 10 --out run/")
     history = _with(at, "loss_smooth", "accuracy_smooth")[0]  # the loss panel's (the accuracy panel has the same)
     np.testing.assert_allclose(history[history["cell"] == "gru"]["loss"], expected["gru"].history["loss"])
 
@@ -141,13 +144,15 @@ def test_bad_url_values_give_notices_not_exceptions() -> None:
     warnings = "\n".join(w.value for w in at.warning)
     for key in ("learn.T", "learn.cell", "learn.lr", "learn.H", "learn.compare", "learn.snapshot"):
         assert key in warnings, key
-    assert "[x](https" not in warnings and "\\[x\\]" in warnings  # escaped, never a link
+    assert "\\[x\\]" in warnings or "` '[x](" in warnings  # escaped or a code span: never a link
     assert len(at.get("vega_lite_chart")) == CHARTS  # the run went ahead with the defaults for those values
 
 
 @pytest.mark.parametrize(("query", "message"), [
     ({"learn.task": "copy", "learn.T": "3"}, "seq_len must be between 4 and"),
-    ({"learn.steps": "3000", "learn.batch": "128", "learn.T": "100", "learn.every": "30"}, "training-time limit"),
+    ({"learn.steps": "3000", "learn.batch": "128", "learn.T": "100", "learn.every": "50"}, "training-time limit"),
+    ({"learn.steps": "2000", "learn.every": "40", "learn.batch": "8", "learn.H": "8"},
+     "steps × seq_len × num_layers must be at most"),
     ({"learn.steps": "3000", "learn.every": "1"}, "snapshot_every must be at least"),
 ])
 def test_invalid_combinations_show_the_core_error(query: dict[str, str], message: str) -> None:

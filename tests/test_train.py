@@ -279,9 +279,11 @@ def test_progress_reports_fractions_up_to_one() -> None:
     ({"lr": float("nan")}, "lr must be a number"),
     ({"clip_norm": -1.0}, "clip_norm must be a number >= 0"),
     ({"batch_size": True}, "batch_size must be an integer"),
-    ({"steps": 3000, "snapshot_every": 10}, "snapshot_every must be at least 30"),
-    ({"steps": 3000, "batch_size": 128, "seq_len": 100, "snapshot_every": 30},
-     "steps × batch_size × seq_len × hidden_size × num_layers must be at most"),
+    ({"steps": 3000, "snapshot_every": 10}, "snapshot_every must be at least 50"),
+    ({"steps": 3000, "batch_size": 128, "seq_len": 100, "snapshot_every": 50},
+     "steps × batch_size × seq_len × hidden_size × num_layers must be at most 100,000,000"),
+    ({"steps": 2000, "batch_size": 8, "hidden_size": 8, "snapshot_every": 40},
+     "steps × seq_len × num_layers must be at most 80,000"),
 ])
 def test_limits_and_bad_fields_are_refused_before_any_work(monkeypatch, changes: dict, message: str) -> None:
     import gru_explainer.train as module
@@ -293,6 +295,8 @@ def test_limits_and_bad_fields_are_refused_before_any_work(monkeypatch, changes:
 
 def test_local_limits_allow_more() -> None:
     TrainConfig(steps=3000, batch_size=128, seq_len=100, snapshot_every=30).validate(TrainLimits.local())
+    TrainConfig().validate(TrainLimits())  # the defaults fit the hosted limits
+    TrainConfig(steps=1600, snapshot_every=40, hidden_size=16).validate(TrainLimits())
 
 
 def test_state_dict_loads_on_the_your_model_path(default_lstm, tmp_path) -> None:
@@ -337,7 +341,7 @@ def test_cli_train_writes_its_files_and_explain_loads_the_model(tmp_path, capsys
 @pytest.mark.parametrize(("argv", "option"), [
     (["--steps", "0"], "--steps"), (["--lr", "-1"], "--lr"), (["--cell", "rnn_relu"], "--cell"),
     (["--task", "copy", "--seq-len", "3"], "--seq-len"), (["--hidden-size", "x"], "--hidden-size"),
-    (["--steps", "3000", "--batch-size", "128", "--seq-len", "100", "--snapshot-every", "30"], "training-time limit"),
+    (["--steps", "3000", "--batch-size", "128", "--seq-len", "100", "--snapshot-every", "50"], "training-time limit"),
 ])
 def test_cli_train_bad_options_exit_2_naming_the_option(tmp_path, capsys, argv: list[str], option: str) -> None:
     from gru_explainer.cli import main

@@ -13,7 +13,7 @@ from .conftest import server_env
 from .helpers import page_url, visit
 
 pytestmark = pytest.mark.e2e
-EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices", "pitfalls", "your_model"]
+EXPECTED_PATHS = ["", "explorer", "flow", "graph", "devices", "pitfalls", "your_model", "learn"]
 PAGES = app_pages(ROOT)
 
 
