@@ -461,15 +461,6 @@ def _result(cfg: TrainConfig, spec: TaskSpec, model: TaskModel, probe: TaskBatch
     return TrainResult(cfg, spec, history_frame, frames, inputs, summary, state, probe, seconds)
 
 
-def smoothed(history: pd.DataFrame, window: int) -> pd.DataFrame:
-    """history with loss_smooth / accuracy_smooth: trailing means over `window` steps (per cell)."""
-    out = history.copy()
-    for column in ("loss", "accuracy"):
-        out[f"{column}_smooth"] = out.groupby("cell", sort=False)[column].transform(
-            lambda s: s.rolling(window, min_periods=1).mean())
-    return out
-
-
 def first_step_below(history: pd.DataFrame, level: float, window: int) -> int | None:
     """The first step whose trailing mean loss (over `window` steps) is below `level`, or None."""
     smooth = history["loss"].rolling(window, min_periods=window).mean().to_numpy()
@@ -571,4 +562,4 @@ def run_train_command(args: Any) -> int:
 
 __all__ = ["SNAPSHOT_COLUMNS", "SNAPSHOT_QUANTITIES", "TRAIN_CELLS", "TaskModel", "TrainConfig", "TrainLimits",
            "TrainResult", "add_train_command", "build_model", "first_step_below", "input_profile", "run_train_command",
-           "smoothed", "train"]
+           "train"]
