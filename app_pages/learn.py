@@ -76,8 +76,8 @@ def _to_url(values: dict[str, Any]) -> None:
 @st.cache_data(max_entries=8, max_size="64MB", show_spinner=False)
 def _train_cached(fields: tuple[tuple[str, Any], ...]) -> TrainResult:
     """One training run with a progress bar, cached on its config (0.5 MiB pickled at the defaults, ~11 MiB at the
-    largest hosted run; at most 8 and 64 MB kept). The bar is
-    created here, inside the cached function, so a cache hit replays it (already emptied) instead of failing."""
+    largest hosted run; at most 8 runs and 64 MB kept). The bar is created here, inside the cached function, so a
+    cache hit replays it (already emptied) instead of failing."""
     cfg = TrainConfig(**dict(fields))
     bar = st.progress(0.0, text=f"Training {CELL_LABELS[cfg.cell]}…")
     try:
