@@ -10,6 +10,7 @@ import streamlit as st
 
 import ui
 from gru_explainer import Limits
+from gru_explainer.budget import BudgetError, check_flow
 from gru_explainer.charts import decay_chart, jacobian_chart, rate_chart
 from gru_explainer.flow import (
     cell_config,
@@ -20,7 +21,7 @@ from gru_explainer.flow import (
     describe_sweep,
     sweep,
 )
-from gru_explainer.urlstate import ViewParam, view_from_query, view_to_query
+from gru_explainer.urlstate import Notice, Quote, ViewParam, view_from_query, view_to_query
 
 CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "answer_gru")
 DEFAULT_CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -45,9 +46,8 @@ def _from_url(key: str, options: list, default: list) -> None:
     if values and all(v is not None for v in values):
         st.session_state[key] = list(dict.fromkeys(values))
     else:
-        st.warning(ui.md_escape(f"The URL's {key}={raw[:80]!r} is not a list of {', '.join(map(str, options))}; "
-                                "using the default."),
-                   icon=":material/link_off:")
+        ui.show_notice(Notice(f"The URL's {key}=", Quote(raw), f" is not a list of {', '.join(map(str, options))}; "
+                              "using the default."))
         st.session_state[key] = default
 
 
@@ -76,7 +76,7 @@ def _view_from_url() -> None:
     if VIEW not in st.session_state:
         values, notices = view_from_query(st.query_params.to_dict(), VIEW_PARAMS)
         for notice in notices:
-            st.warning(ui.md_escape(notice), icon=":material/link_off:")
+            ui.show_notice(notice)
         st.session_state[VIEW] = values
 
 
@@ -140,7 +140,8 @@ if cfg.bidirectional:
 st.session_state[VIEW]["flow.layer"] = None if layer == layers[-1] else int(layer)
 _view_to_url()
 
-try:
+try:  # bounded work: the profiles and Jacobians of every cell, estimated before any of them runs
+    check_flow(cfg, cells)
     profile = sweep(cfg, cells=cells, profile=ui.cached_profile, skip_errors=True)
 except Exception as err:  # never a traceback: unexpected failures (e.g. out of memory) are shown as errors
     ui.show_error(err)
@@ -226,6 +227,11 @@ if runs > MAX_SWEEP_RUNS or states > MAX_SWEEP_STATES:
     st.warning(f"That is {runs} runs over {states:,} state elements; choose at most {MAX_SWEEP_RUNS} runs "
                f"(cells × lengths × scales) and {MAX_SWEEP_STATES:,} elements (fewer or shorter sequences, or a "
                "smaller model in the sidebar).", icon=":material/warning:")
+    st.stop()
+try:  # the whole page run within the CPU budget (gru_explainer.budget), refused before the sweep starts
+    check_flow(cfg, cells, seq_lens, scales)
+except BudgetError as err:
+    ui.show_error(err)
     st.stop()
 
 bar = st.progress(0.0, text="Sweeping…")

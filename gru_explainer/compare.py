@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .budget import check_compare
 from .config import ENGINES, ExplainConfig, Limits, available_devices, resolve_device
 from .errors import ConfigError, DeviceError
 from .explain import explain
@@ -129,7 +130,8 @@ def compare(
     `time_ms` is the median of `repeats` runs of `explain` after a warm-up (model build and device transfer
     included: what the page pays). Differences are max |·| against the CPU twin reference; `agrees` holds when
     every difference is within `tolerance(cfg.dtype, largest reference magnitude, device)`. cfg.device is ignored.
-    Raises ConfigError / TargetError for invalid input.
+    Raises ConfigError / TargetError for invalid input, and BudgetError (a ConfigError) when the estimated CPU work
+    (`budget.compare_seconds`) exceeds `Limits.max_cpu_seconds`, before anything runs.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
         raise ConfigError(f"repeats must be an integer between 1 and {MAX_REPEATS}, got {repeats!r}")
@@ -148,6 +150,7 @@ def compare(
             "state elements (batch_size × seq_len × num_layers × directions × hidden_size); "
             f"this config has {states:,}: reduce one of them")
     names = distinct_devices(devices)
+    check_compare(base, len(names), repeats, engines, limits)  # bounded CPU work, refused before any run
     reference = explain(base, engine="twin")
     scales = {name: _finite_max(getattr(reference, name)) for name in COMPARED}
     runs = [(d, e) for d in names for e in engines]

@@ -41,6 +41,8 @@ class Limits:
     max_weight_scale: float = 10.0
     # batch * seq_len * num_layers * directions * hidden_size: bounds the size of every state tensor.
     max_state_elements: int = 524_288
+    # CPU seconds (one core) one page run may take, estimated before any work (gru_explainer.budget).
+    max_cpu_seconds: float = 10.0
 
     @classmethod
     def local(cls) -> Limits:
@@ -54,6 +56,7 @@ class Limits:
             max_head_size=1024,
             max_weight_scale=1000.0,
             max_state_elements=64 * 1_048_576,
+            max_cpu_seconds=3600.0,
         )
 
     @classmethod

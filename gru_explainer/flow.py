@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .adjoint import Scaled
-from .config import CELL_LABELS, ExplainConfig
+from .budget import check, runnable_seconds
+from .config import CELL_LABELS, ExplainConfig, Limits
 from .errors import ConfigError, TargetError
 from .explain import explain
 from .models import SeedAnswerGRU, answer_as_gru, cell_kind, layer_params
@@ -389,6 +390,7 @@ def sweep(
     progress: Progress | None = None,
     profile: Callable[[ExplainConfig], pd.DataFrame] | None = None,
     skip_errors: bool = False,
+    limits: Limits | None = None,
 ) -> pd.DataFrame:
     """Decay profiles for every (cell, seq_len, weight_scale) combination, concatenated (PROFILE_COLUMNS).
 
@@ -396,13 +398,17 @@ def sweep(
     before each run and once at the end (1.0). `profile` computes one config's profile (default `profile_of`;
     a page passes a cached version). Errors (ConfigError / TargetError) propagate, so the first bad combination
     stops the sweep, unless `skip_errors`: then bad combinations are left out and listed in
-    ``frame.attrs["skipped"]`` as (cell, seq_len, weight_scale, message) tuples.
+    ``frame.attrs["skipped"]`` as (cell, seq_len, weight_scale, message) tuples. A sweep whose estimated CPU work
+    (`budget.explain_seconds` per run) exceeds `limits.max_cpu_seconds` raises BudgetError before any run.
     """
     cells = list(dict.fromkeys(cells))
     seq_lens = list(dict.fromkeys(seq_lens)) if seq_lens is not None else [base_cfg.seq_len]
     scales = list(dict.fromkeys(weight_scales)) if weight_scales is not None else [base_cfg.weight_scale]
     run = profile or profile_of
     combos = [(c, s, w) for c in cells for s in seq_lens for w in scales]
+    check(sum(runnable_seconds(cell_config(base_cfg, c, seq_len=s, weight_scale=w), limits) for c, s, w in combos),
+          f"A sweep of {len(combos)} run(s)", "choose fewer or shorter sequence lengths, fewer weight scales or fewer "
+          "cells.", limits)
     parts: list[pd.DataFrame] = []
     skipped: list[tuple[str, int, float, str]] = []
     for i, (cell, seq_len, scale) in enumerate(combos):
