@@ -41,7 +41,7 @@ from gru_explainer import (
 from gru_explainer.compare import compare, fused_graph_census
 from gru_explainer.config import CELL_LABELS, CELLS, DTYPES, HEADS
 from gru_explainer.flow import jacobian_profile, profile_of
-from gru_explainer.graph import backward_graph
+from gru_explainer.graph import backward_graph, graph_facts
 from gru_explainer.urlstate import FIELD_NAMES, PAGE_KEYS, Notice, Quote, config_from_query, config_to_query
 
 CONFIG_KEY = "gx_config"
@@ -291,24 +291,22 @@ def cached_jacobians(cfg: ExplainConfig, layer: int, direction: str) -> pd.DataF
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _graph(fields: tuple[tuple[str, Any], ...], rankdir: str, show_parameters: bool) -> tuple[str, dict[str, Any]]:
+def _graph(fields: tuple[tuple[str, Any], ...], show_parameters: bool,
+           every_op: bool) -> tuple[str, str, dict[str, Any]]:
+    """The graph's and its legend's DOT strings and facts; `h0_ops` (who reads the top h_0) from the full graph."""
     graph = backward_graph(ExplainConfig(**dict(fields)), show_parameters=show_parameters)
-    top = graph.config.num_layers - 1
-    h0 = graph.hidden_ids.get((top, 0, 0))
-    facts = {
-        "nodes": len(graph.nodes),
-        "edges": len(graph.edges),
-        "y_consumers": [graph.nodes[c].label.split("\n")[0] for c in graph.consumers(graph.y_id)],
-        "y_on_path": graph.nodes[graph.y_id].on_target_path,
-        "h0_consumers": [graph.nodes[c].label.split("\n")[0] for c in graph.consumers(h0)] if h0 else [],
-        "states": len(graph.hidden_ids),
-    }
-    return graph.to_dot(rankdir=rankdir), facts
+    shown = graph if every_op else graph.collapsed()
+    facts = graph_facts(shown)
+    full = graph_facts(graph)
+    facts["h0_ops"], facts["autograd_nodes"] = full["h0_consumers"], full["nodes"]
+    return shown.to_dot(rankdir="TB", legend=False), shown.legend_dot(), facts
 
 
-def cached_graph(cfg: ExplainConfig, rankdir: str = "TB", show_parameters: bool = True) -> tuple[str, dict[str, Any]]:
-    """The graph page's DOT string and a few facts about the backward graph, cached on the config and options."""
-    return _graph(tuple(cfg.to_dict().items()), rankdir, bool(show_parameters))
+def cached_graph(cfg: ExplainConfig, show_parameters: bool = False,
+                 every_op: bool = False) -> tuple[str, str, dict[str, Any]]:
+    """The graph page's drawing of `cfg` (DOT of the graph, DOT of its legend, facts), cached on the config and the
+    page's two options (parameters shown; every autograd op, or each step's gate ops collapsed into its state)."""
+    return _graph(tuple(cfg.to_dict().items()), bool(show_parameters), bool(every_op))
 
 
 @st.cache_data(max_entries=16, show_spinner="Running every device and engine…")

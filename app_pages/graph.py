@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from gru_explainer import ConfigError, ExplainConfig, TargetError
 from gru_explainer.explain import compile_target
-from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS, backward_graph, graph_facts
+from gru_explainer.graph import MAX_GRAPH_LAYERS, MAX_GRAPH_STEPS
 from gru_explainer.urlstate import Notice, Quote
 
 FALLBACK_TARGET = "y[:, -1].sum()"
@@ -60,18 +60,6 @@ def _fits(cfg: ExplainConfig) -> bool:
     return True
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def _graph(fields: tuple[tuple[str, Any], ...], show_parameters: bool,
-           every_op: bool) -> tuple[str, str, dict[str, Any]]:
-    """The graph's and its legend's DOT strings and facts; `h0_ops` (who reads the top h_0) from the full graph."""
-    graph = backward_graph(ExplainConfig(**dict(fields)), show_parameters=show_parameters)
-    shown = graph if every_op else graph.collapsed()
-    facts = graph_facts(shown)
-    full = graph_facts(graph)
-    facts["h0_ops"], facts["autograd_nodes"] = full["h0_consumers"], full["nodes"]
-    return shown.to_dot(rankdir="TB", legend=False), shown.legend_dot(), facts
-
-
 cfg = ui.config_sidebar()
 st.title("Autograd graph")
 st.caption("The backward graph of a tiny unrolled model, drawn by walking `grad_fn.next_functions` from the "
@@ -107,7 +95,7 @@ target = st.text_input("Target", key="graph_target",
 tiny = tiny.replace(target=target)
 
 try:
-    dot, legend, facts = _graph(tuple(tiny.to_dict().items()), bool(show_parameters), bool(every_op))
+    dot, legend, facts = ui.cached_graph(tiny, bool(show_parameters), bool(every_op))
 except Exception as err:  # the core's ConfigError / TargetError name the field; never a traceback on the page
     ui.show_error(err)
     st.stop()

@@ -88,7 +88,8 @@ def test_cached_explain_from_many_threads_gives_each_its_own_numbers() -> None:
 
 
 def test_page_caches_from_many_threads_give_each_its_own_result() -> None:
-    """The flow page's profile, the graph page's drawing, the devices page's comparison and census."""
+    """The flow page's profile, the graph page's drawing (every op, parameters shown), the devices page's comparison
+    and census."""
     tiny = [cfg.replace(seq_len=3, num_layers=min(cfg.num_layers, 2), target="y[:, -1].sum()") for cfg in CONFIGS]
     fused = [cfg for cfg in CONFIGS if cfg.cell != "answer_gru"][:8]
     jobs = ([("profile", cfg) for cfg in CONFIGS] + [("graph", cfg) for cfg in tiny]
@@ -101,7 +102,7 @@ def test_page_caches_from_many_threads_give_each_its_own_result() -> None:
         if kind == "profile":
             return ui.cached_profile(cfg)
         if kind == "graph":
-            return ui.cached_graph(cfg, "TB", True)[0]
+            return ui.cached_graph(cfg, True, True)[0]
         if kind == "compare":
             return ui.cached_compare(cfg, ("cpu",), 1).drop(columns="time_ms")
         return ui.cached_census(cfg, ("cpu",))
@@ -111,7 +112,7 @@ def test_page_caches_from_many_threads_give_each_its_own_result() -> None:
         if kind == "profile":
             return profile_of(cfg)
         if kind == "graph":
-            return backward_graph(cfg, show_parameters=True).to_dot(rankdir="TB")
+            return backward_graph(cfg, show_parameters=True).to_dot(rankdir="TB", legend=False)
         if kind == "compare":
             return compare(cfg, devices=["cpu"], repeats=1).drop(columns="time_ms")
         return fused_graph_census(cfg, devices=["cpu"])
