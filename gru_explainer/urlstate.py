@@ -37,6 +37,11 @@ PAGE_KEYS: frozenset[str] = frozenset({
     # The training page (app_pages/learn.py VIEW_PARAMS).
     "learn.task", "learn.cell", "learn.compare", "learn.T", "learn.H", "learn.layers", "learn.steps", "learn.batch",
     "learn.lr", "learn.seed", "learn.every", "learn.snapshot",
+    # The devices page (app_pages/devices.py VIEW_PARAMS): the compared devices and the timed repeats.
+    "devices.chosen", "devices.repeats",
+    # The Your model page (app_pages/your_model.py VIEW_PARAMS): everything but the uploaded files.
+    "model.module", "model.nonlinearity", "model.dtype", "model.input", "model.batch", "model.T", "model.seed",
+    "model.target", "model.log", "model.layer", "model.direction", "model.item",
 })
 """Every URL key a page owns (``<page>.<control>``): left to the pages. A page that adds a dotted key adds it here
 (tests/test_hardening_urls.py checks that every page's URL keys are listed), or its key is noticed as unknown."""

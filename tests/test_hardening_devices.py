@@ -110,7 +110,7 @@ def test_devices_page_failing_device_falls_back_to_comparing_on_the_cpu(failing_
     run(at)
     assert not at.error
     assert at.multiselect(key="dev_devices").value == ["cpu"]
-    assert at.get("vega_lite_chart") and at.dataframe
+    assert at.get("vega_lite_chart") and at.table
 
 
 def test_absent_device_in_the_url_falls_back_with_a_notice() -> None:

@@ -16,4 +16,4 @@ def test_devices_engines_agree(page, base_url):
     agree = page.locator('[data-testid="stMetric"]').filter(has_text="All runs agree")
     expect(agree.locator('[data-testid="stMetricValue"]')).to_have_text("yes")
     expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(2)
-    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    expect(page.locator('[data-testid="stTable"]').first).to_be_visible()
