@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+import hosting
 import ui
 
 HERE = Path(__file__).parent
@@ -40,7 +41,12 @@ torch.set_num_threads(1)
 st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon="📉")
 pages = [st.Page(path, title=title, icon=icon, default=i == 0)
          for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
+# Memory for a hosted server (hosting.py): glibc's malloc arenas capped once, caches dropped when nobody is connected.
+hosting.configure()
 page = st.navigation(pages)
 # Read the URL once per session (notices shown here, above every page) and keep it in sync on page switches.
 ui.set_shared_config(ui.shared_config())
-page.run()
+try:
+    page.run()
+finally:  # also when the run stops early (a rerun, st.stop, a closed session): free memory goes back to the OS
+    hosting.release_memory()

@@ -27,6 +27,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitDuplicateElementKey
 
+import hosting
 from gru_explainer import (
     ConfigError,
     DeviceError,
@@ -194,14 +195,15 @@ def offer_cpu(on_cpu: Callable[[], None] | None = None) -> None:
                   help="Sets the device to cpu for every page (and in the URL); the CPU always works.")
 
 
-@st.cache_data(max_entries=64, max_size="256MB", show_spinner="Computing gradients…")
+@st.cache_data(max_entries=64, max_size=hosting.cache_budget("explain"), show_spinner="Computing gradients…")
 def _explain_cached(fields: tuple[tuple[str, Any], ...], engine: str) -> GradientReport:
     """The core call, keyed on the plain config fields; cache_data pickles the report (a copy per hit).
 
     Measured: default config ~0.1 MB pickled, ~10 ms to unpickle per hit; the largest hosted configs ~40 MB,
-    ~45 ms. `max_size` bounds the cache's pickled bytes so a hosted (~1 GB) instance cannot fill up.
+    ~45 ms. `max_size` bounds the cache's pickled bytes so a hosted (~1 GB) instance cannot fill up (hosting.py).
     """
-    return explain(ExplainConfig(**dict(fields)), engine=engine)
+    with hosting.heavy():
+        return explain(ExplainConfig(**dict(fields)), engine=engine)
 
 
 def cached_explain(cfg: ExplainConfig, engine: str = "fused") -> GradientReport | None:
@@ -231,11 +233,12 @@ REPORT_CHARTS = {
 """Charts of one report by name; `report_chart` caches their Vega-Lite specs."""
 
 
-@st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
+@st.cache_data(max_entries=256, max_size=hosting.cache_budget("chart_spec"), show_spinner=False)
 def _chart_spec(fields: tuple[tuple[str, Any], ...], engine: str, kind: str, args: tuple) -> dict:
     """Build, serialise and lay out a report chart once: Altair's construction and validation cost ~0.1 s a chart."""
     # Unvalidated: the chart functions' specs are validated in tests/test_charts.py; here it would cost ~0.2 s.
-    return charts.page_layout(REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict(validate=False))
+    with hosting.heavy():
+        return charts.page_layout(REPORT_CHARTS[kind](_explain_cached(fields, engine), *args).to_dict(validate=False))
 
 
 def report_chart(cfg: ExplainConfig, kind: str, *args: Any, engine: str = "fused") -> None:
@@ -269,9 +272,10 @@ def show_layout(layout: dict) -> None:
                 st.vega_lite_chart(spec=spec, width="stretch")
 
 
-@st.cache_data(max_entries=256, max_size="64MB", show_spinner=False)
+@st.cache_data(max_entries=256, max_size=hosting.cache_budget("profile"), show_spinner=False)
 def _profile(fields: tuple[tuple[str, Any], ...]) -> pd.DataFrame:
-    return profile_of(ExplainConfig(**dict(fields)))
+    with hosting.heavy():
+        return profile_of(ExplainConfig(**dict(fields)))
 
 
 def cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
@@ -279,10 +283,11 @@ def cached_profile(cfg: ExplainConfig) -> pd.DataFrame:
     return _profile(tuple(cfg.to_dict().items()))
 
 
-@st.cache_data(max_entries=64, max_size="16MB", show_spinner=False)
+@st.cache_data(max_entries=64, max_size=hosting.cache_budget("jacobians"), show_spinner=False)
 def _jacobians(fields: tuple[tuple[str, Any], ...], layer: int, direction: str) -> pd.DataFrame:
     cfg = ExplainConfig(**dict(fields))
-    return jacobian_profile(explain(cfg), min(layer, cfg.num_layers - 1), direction)
+    with hosting.heavy():
+        return jacobian_profile(explain(cfg), min(layer, cfg.num_layers - 1), direction)
 
 
 def cached_jacobians(cfg: ExplainConfig, layer: int, direction: str) -> pd.DataFrame:
@@ -309,9 +314,11 @@ def cached_graph(cfg: ExplainConfig, show_parameters: bool = False,
     return _graph(tuple(cfg.to_dict().items()), bool(show_parameters), bool(every_op))
 
 
-@st.cache_data(max_entries=16, show_spinner="Running every device and engine…")
+@st.cache_data(max_entries=16, max_size=hosting.cache_budget("compare"),
+               show_spinner="Running every device and engine…")
 def _compare(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...], repeats: int, nonce: int) -> pd.DataFrame:
-    return compare(ExplainConfig(**dict(fields)), devices=list(devices), repeats=repeats)
+    with hosting.heavy():
+        return compare(ExplainConfig(**dict(fields)), devices=list(devices), repeats=repeats)
 
 
 def cached_compare(cfg: ExplainConfig, devices: tuple[str, ...], repeats: int, nonce: int = 0) -> pd.DataFrame:
@@ -319,9 +326,10 @@ def cached_compare(cfg: ExplainConfig, devices: tuple[str, ...], repeats: int, n
     return _compare(tuple(cfg.to_dict().items()), tuple(devices), int(repeats), int(nonce))
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=16, max_size=hosting.cache_budget("census"), show_spinner=False)
 def _census(fields: tuple[tuple[str, Any], ...], devices: tuple[str, ...]) -> pd.DataFrame:
-    return fused_graph_census(ExplainConfig(**dict(fields)), devices=list(devices))
+    with hosting.heavy():
+        return fused_graph_census(ExplainConfig(**dict(fields)), devices=list(devices))
 
 
 def cached_census(cfg: ExplainConfig, devices: tuple[str, ...]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+import hosting
 import ui
 from gru_explainer import ConfigError
 from gru_explainer.config import CELL_LABELS
@@ -73,16 +74,17 @@ def _to_url(values: dict[str, Any]) -> None:
             st.query_params.pop(spec.key, None)
 
 
-@st.cache_data(max_entries=8, max_size="64MB", show_spinner=False)
+@st.cache_data(max_entries=8, max_size=hosting.cache_budget("train"), show_spinner=False)
 def _train_cached(fields: tuple[tuple[str, Any], ...]) -> TrainResult:
     """One training run with a progress bar, cached on its config (0.5 MiB pickled at the defaults, ~11 MiB at the
-    largest hosted run; at most 8 runs and 64 MB kept). The bar is created here, inside the cached function, so a
-    cache hit replays it (already emptied) instead of failing."""
+    largest hosted run; at most 8 runs and hosting.CACHE_BUDGET["train"] bytes kept). The bar is created here, inside
+    the cached function, so a cache hit replays it (already emptied) instead of failing."""
     cfg = TrainConfig(**dict(fields))
     bar = st.progress(0.0, text=f"Training {CELL_LABELS[cfg.cell]}…")
     try:
-        return train(cfg, LIMITS, progress=lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0),
-                                                                                   text=message))
+        with hosting.heavy():  # at most hosting.HEAVY_AT_ONCE heavy runs at a time, across sessions
+            return train(cfg, LIMITS, progress=lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0),
+                                                                                       text=message))
     finally:
         bar.empty()
 

@@ -80,7 +80,12 @@ def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
     """
     if len(rows) <= ALTAIR_MAX_ROWS:
         return rows
-    return alt.InlineData(values=json.loads(rows.to_json(orient="records")))
+    # The values are set after construction: Altair validates the arguments of every object it constructs against
+    # the Vega-Lite schema (its debug mode), which for 17k rows took ~160 MB and seconds (the chart's specs are
+    # validated in tests/test_charts.py).
+    data = alt.InlineData(values=[])
+    data.values = json.loads(rows.to_json(orient="records"))
+    return data
 
 
 def _fmt(value: float) -> str:

@@ -1,0 +1,141 @@
+"""The hosted server's memory policy, in one place (app layer; the core never imports it).
+
+Measured on a real server (`python benchmarks/memory.py --server`): one visitor walking 20 seeds of the largest
+hosted explorer config peaked at 1.29 GB and 8 sessions at once at 1.46 GB; after they closed the server stayed
+708 MB above its idle size. The causes, and what this module does about each:
+- page caches bounded by entry counts held up to ~600 MB of pickled results: every `st.cache_data` now has a byte
+  budget (CACHE_BUDGET, 128 MB in all), and the caches are dropped once nobody has been connected for a while;
+- memory freed after a run stayed in glibc's heap and in the malloc arenas of Streamlit's per-run threads: the number
+  of arenas is capped and free memory is handed back to the OS after every script run (malloc_trim);
+- eight sessions computing at once each held their own transient tensors and chart data: at most HEAVY_AT_ONCE
+  heavy computations run at a time (the others wait, with their spinner; the host has 2 cores anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import threading
+import time
+from collections.abc import Iterator
+
+import streamlit as st
+
+MB = 1 << 20
+CACHE_BUDGET = {
+    "explain": 48 * MB,  # pickled GradientReports: ~0.1 MB at the defaults, ~21 MB at the largest hosted config
+    "chart_spec": 16 * MB,  # Vega-Lite specs with their data: a heatmap at the largest config is ~4 MB
+    "profile": 8 * MB,
+    "jacobians": 4 * MB,
+    "graph": 4 * MB,
+    "compare": 4 * MB,
+    "census": 2 * MB,
+    "train": 32 * MB,  # the training page keeps both cells' runs: ~11 MB each at the largest hosted run
+    "model_inspect": 2 * MB,
+    "model_explain": 8 * MB,
+}
+"""Bytes of pickled values each page cache may hold (Streamlit evicts the least recently used entries beyond)."""
+HEAVY_AT_ONCE = 2
+"""Heavy computations (explain, charts, sweeps, training) that may run at the same time across all sessions."""
+IDLE_CLEAR_S = 20.0
+"""Drop every page cache once no session has been connected for this long (the memory goes back to the OS)."""
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
+
+_heavy = threading.BoundedSemaphore(HEAVY_AT_ONCE)
+_held = threading.local()
+_configured = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_budget(name: str) -> int:
+    """The byte budget of page cache `name` (a key of CACHE_BUDGET), for `st.cache_data(max_size=...)`."""
+    return CACHE_BUDGET[name]
+
+
+@contextlib.contextmanager
+def heavy() -> Iterator[None]:
+    """Hold one of the HEAVY_AT_ONCE slots for a heavy computation; re-entrant within a thread (a cached chart that
+    needs its cached report takes one slot, not two), so nested calls cannot deadlock."""
+    depth = getattr(_held, "depth", 0)
+    if depth == 0:
+        _heavy.acquire()
+    _held.depth = depth + 1
+    try:
+        yield
+    finally:
+        _held.depth = depth
+        if depth == 0:
+            _heavy.release()
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, when this process runs on it (malloc_trim / mallopt exist only there); else None."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (AttributeError on a libc without them)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_memory() -> None:
+    """Hand free heap memory back to the OS (glibc's malloc_trim over every arena); a no-op elsewhere."""
+    libc = _state.get("libc")
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def configure() -> None:
+    """Once per process: cap glibc's malloc arenas and start the idle watchdog. Cheap and idempotent per run."""
+    if "configured" in _state:
+        return
+    with _configured:
+        if "configured" in _state:
+            return
+        libc = _libc()
+        _state["libc"] = libc
+        if libc is not None:
+            libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        threading.Thread(target=_watch_idle, name="gx-idle-watchdog", daemon=True).start()
+        _state["configured"] = True
+
+
+def _active_sessions() -> int | None:
+    """Connected sessions of this Streamlit server, or None when that cannot be read (no runtime, another API)."""
+    try:
+        from streamlit import runtime
+
+        if not runtime.exists():
+            return None
+        return int(runtime.get_instance()._session_mgr.num_active_sessions())  # noqa: SLF001 (no public API)
+    except Exception:  # noqa: BLE001 (an internal API that may change: then the watchdog just does nothing)
+        return None
+
+
+def clear_caches() -> None:
+    """Drop every page cache's values and hand the memory back (what the watchdog does once the server is idle)."""
+    st.cache_data.clear()
+    gc.collect()
+    release_memory()
+
+
+def _watch_idle(poll_s: float = 2.0) -> None:
+    """Clear the page caches once no session has been connected for IDLE_CLEAR_S (once per idle period)."""
+    idle_since: float | None = None
+    cleared = True  # nothing cached before the first visit
+    while True:
+        time.sleep(poll_s)
+        sessions = _active_sessions()
+        if sessions is None:  # not a server (e.g. AppTest): nothing to watch
+            continue
+        if sessions > 0:
+            idle_since, cleared = None, False
+            continue
+        idle_since = idle_since or time.monotonic()
+        if not cleared and time.monotonic() - idle_since >= IDLE_CLEAR_S:
+            clear_caches()
+            cleared = True
