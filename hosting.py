@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ CACHE_BUDGET = {
     "model_explain": 8 * MB,
 }
 """Bytes of pickled values each page cache may hold (Streamlit evicts the least recently used entries beyond)."""
+CACHE_SCALE_ENV = "GRU_EXPLAINER_CACHE_SCALE"
+"""Environment variable: a factor for every budget (e.g. 4 on a host with more memory; the tests use a small one)."""
 HEAVY_AT_ONCE = 2
 """Heavy computations (explain, charts, sweeps, training) that may run at the same time across all sessions."""
 IDLE_CLEAR_S = 20.0
@@ -51,8 +54,14 @@ _state: dict[str, object] = {}
 
 
 def cache_budget(name: str) -> int:
-    """The byte budget of page cache `name` (a key of CACHE_BUDGET), for `st.cache_data(max_size=...)`."""
-    return CACHE_BUDGET[name]
+    """The byte budget of page cache `name` (a key of CACHE_BUDGET) times the GRU_EXPLAINER_CACHE_SCALE factor, for
+    `st.cache_data(max_size=...)`. A malformed or non-positive factor is ignored (budgets as listed)."""
+    try:
+        scale = float(os.environ.get(CACHE_SCALE_ENV, "1"))
+    except ValueError:
+        scale = 1.0
+    scale = scale if 0 < scale < float("inf") else 1.0
+    return max(1, int(CACHE_BUDGET[name] * scale))
 
 
 @contextlib.contextmanager

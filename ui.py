@@ -295,7 +295,7 @@ def cached_jacobians(cfg: ExplainConfig, layer: int, direction: str) -> pd.DataF
     return _jacobians(tuple(cfg.to_dict().items()), int(layer), direction)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=32, max_size=hosting.cache_budget("graph"), show_spinner=False)
 def _graph(fields: tuple[tuple[str, Any], ...], show_parameters: bool,
            every_op: bool) -> tuple[str, str, dict[str, Any]]:
     """The graph's and its legend's DOT strings and facts; `h0_ops` (who reads the top h_0) from the full graph."""

@@ -235,6 +235,9 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             for c in contexts:
                 c.close()
+            from hosting import IDLE_CLEAR_S
+
+            time.sleep(IDLE_CLEAR_S + 5)  # the server drops its caches once nobody has been connected that long
             out["idle_after_mib"] = _settle_idle(pid, 60.0)
             print(f"  idle after every session closed: {out['idle_after_mib']:.0f} MiB "
                   f"({out['idle_after_mib'] - out['idle_before_mib']:+.0f} MiB)", flush=True)
@@ -242,6 +245,59 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
             sampler.stop()
             browser.close()
     return out
+
+
+CACHE_CHECK_PAGES = (
+    ("app_pages/explorer.py", "cell=lstm&num_layers=2&hidden_size=64&seq_len=64&batch_size=4"),
+    ("app_pages/flow.py", "cell=gru&hidden_size=64&seq_len=64"),
+)
+"""What `cache_check` loads, each page at a few seeds: moderate configs whose results fill small budgets."""
+
+
+def cache_check(seeds: int = 3) -> dict[str, Any]:
+    """The reduced, in-process form of the soak (CI): load pages through AppTest at several seeds, then compare every
+    page cache's bytes (Streamlit's own cache statistics) with its budget from hosting.py.
+
+    Returns {"caches": {name: {bytes, entries, largest, budget}}, "computed": bytes of every report the explorer
+    computed (what an unbounded cache would hold), "exceptions": [...]}. Run it with GRU_EXPLAINER_CACHE_SCALE small
+    (the test uses a budget below what the loads compute), so eviction must happen for the caches to stay inside.
+    Streamlit keeps one entry larger than the whole budget (with a warning), so the bound is max(budget, largest).
+    """
+    import pickle
+    from urllib.parse import parse_qsl
+
+    from streamlit.testing.v1 import AppTest
+
+    import hosting
+    import ui
+
+    exceptions, computed = [], 0
+    for page, query in CACHE_CHECK_PAGES:
+        for seed in range(seeds):
+            at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+            for key, value in [*parse_qsl(query), ("seed", str(seed))]:
+                at.query_params[key] = value
+            at.switch_page(page).run()
+            exceptions += [e.value for e in at.exception]
+            if page.endswith("explorer.py"):
+                cfg = dict(parse_qsl(query), seed=seed)
+                fields = ui.ExplainConfig(**{k: (int(v) if str(v).isdigit() else v) for k, v in cfg.items()})
+                computed += len(pickle.dumps(ui._explain_cached(tuple(fields.to_dict().items()), "fused")))
+    names = {f"ui.{fn}": key for fn, key in (("_explain_cached", "explain"), ("_chart_spec", "chart_spec"),
+                                             ("_profile", "profile"), ("_jacobians", "jacobians"),
+                                             ("_compare", "compare"), ("_census", "census"))}
+    items: dict[str, list[int]] = {}
+    from streamlit.runtime.caching.cache_data_api import _data_caches
+
+    with _data_caches._caches_lock:
+        function_caches = [c for per in _data_caches._function_caches.values() for c in per.values()]
+    for cache in function_caches:
+        for stats in cache.get_stats().values():  # one CacheStat per stored entry
+            for stat in stats:
+                items.setdefault(stat.cache_name, []).append(stat.byte_length)
+    caches = {name: {"bytes": sum(sizes), "entries": len(sizes), "largest": max(sizes),
+                     "budget": hosting.cache_budget(names[name])} for name, sizes in items.items() if name in names}
+    return {"caches": caches, "computed": computed, "exceptions": exceptions}
 
 
 def _vm_hwm(pid: int) -> float:
@@ -263,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-only", action="store_true", help="only the Streamlit server measurement")
     parser.add_argument("--server", action="store_true",
                         help="only the soak against a real server: 20 seeds of the largest config, 8 sessions at once")
+    parser.add_argument("--cache-check", action="store_true",
+                        help="only the reduced in-process check (AppTest): every page cache within its byte budget")
     parser.add_argument("--seeds", type=int, default=20, help="seeds the --server visitor walks. Default: %(default)s")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case. Default: %(default)s")
     args = parser.parse_args(argv)
@@ -276,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hosted limits: max_state_elements={lim.max_state_elements:,}, layers<={lim.max_num_layers}, "
           f"hidden<={lim.max_hidden_size}, T<={lim.max_seq_len}, B<={lim.max_batch_size}, input<={lim.max_input_size}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; each case in a fresh process; RSS in MiB\n")
+    if args.cache_check:
+        result = cache_check(min(args.seeds, 5))
+        print(json.dumps(result))
+        within = all(c["bytes"] <= max(c["budget"], c["largest"]) for c in result["caches"].values())
+        return 0 if not result["exceptions"] and within else 1
     if args.server:
         print("streamlit server soak (targets: peaks <= 900 MiB, idle after within 100 MiB of idle before)")
         result = server_soak(args.seeds)

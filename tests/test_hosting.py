@@ -1,0 +1,124 @@
+"""hosting.py: every page cache has a byte budget and stays inside it, heavy work is bounded, memory is released."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hosting
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_FILES = [ROOT / "ui.py", *sorted((ROOT / "app_pages").glob("*.py"))]
+
+
+def _cache_decorators(path: Path) -> list[ast.Call]:
+    """Every `st.cache_data(...)` / `st.cache_resource(...)` call used as a decorator in a file."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef):
+            for deco in node.decorator_list:
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
+                        and deco.func.attr in ("cache_data", "cache_resource")):
+                    calls.append(deco)
+                elif isinstance(deco, ast.Attribute) and deco.attr in ("cache_data", "cache_resource"):
+                    calls.append(ast.Call(func=deco, args=[], keywords=[]))  # bare @st.cache_data: no budget
+    return calls
+
+
+@pytest.mark.parametrize("path", APP_FILES, ids=lambda p: p.name)
+def test_every_page_cache_has_a_byte_budget_from_hosting(path: Path) -> None:
+    for call in _cache_decorators(path):
+        sizes = [kw.value for kw in call.keywords if kw.arg == "max_size"]
+        where = f"{path.name}:{call.lineno}"
+        assert sizes, f"{where}: st.cache_data without max_size (a byte budget from hosting.cache_budget)"
+        value = sizes[0]
+        assert (isinstance(value, ast.Call) and ast.unparse(value.func) == "hosting.cache_budget"
+                and isinstance(value.args[0], ast.Constant)), f"{where}: max_size must be hosting.cache_budget(name)"
+        assert value.args[0].value in hosting.CACHE_BUDGET, f"{where}: unknown budget {value.args[0].value!r}"
+
+
+def test_every_budget_is_used_and_the_total_is_what_the_docs_say() -> None:
+    used = {call.keywords[[kw.arg for kw in call.keywords].index("max_size")].value.args[0].value
+            for path in APP_FILES for call in _cache_decorators(path)
+            if any(kw.arg == "max_size" for kw in call.keywords)}
+    assert used == set(hosting.CACHE_BUDGET), "budgets nobody uses, or caches without one"
+    total_mb = sum(hosting.CACHE_BUDGET.values()) / hosting.MB
+    assert f"{total_mb:.0f} MB in all" in hosting.__doc__
+
+
+@pytest.mark.parametrize(("raw", "factor"), [(None, 1.0), ("0.5", 0.5), ("4", 4.0), ("0", 1.0), ("-2", 1.0),
+                                             ("nan", 1.0), ("inf", 1.0), ("lots", 1.0)])
+def test_cache_budget_scale(monkeypatch: pytest.MonkeyPatch, raw: str | None, factor: float) -> None:
+    if raw is None:
+        monkeypatch.delenv(hosting.CACHE_SCALE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(hosting.CACHE_SCALE_ENV, raw)
+    assert hosting.cache_budget("explain") == int(hosting.CACHE_BUDGET["explain"] * factor)
+
+
+def test_heavy_bounds_concurrent_work_and_is_reentrant() -> None:
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work() -> None:
+        with hosting.heavy(), hosting.heavy():  # nested (a cached chart needing its cached report): one slot
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4 * hosting.HEAVY_AT_ONCE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "heavy() deadlocked"
+    assert peak[0] == hosting.HEAVY_AT_ONCE  # bounded, and the slots were really used in parallel
+
+
+def test_heavy_releases_its_slot_on_error() -> None:
+    for _ in range(hosting.HEAVY_AT_ONCE + 1):
+        with pytest.raises(RuntimeError), hosting.heavy():
+            raise RuntimeError("boom")
+    acquired = [hosting._heavy.acquire(blocking=False) for _ in range(hosting.HEAVY_AT_ONCE)]
+    assert all(acquired)
+    for _ in acquired:
+        hosting._heavy.release()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_configure_and_release_memory_run_on_glibc() -> None:
+    hosting.configure()
+    hosting.configure()  # idempotent
+    assert hosting._state.get("libc") is not None
+    hosting.release_memory()
+    assert sum(t.name == "gx-idle-watchdog" for t in threading.enumerate()) == 1
+    assert hosting._active_sessions() is None  # no Streamlit server in this process: the watchdog does nothing
+
+
+def test_page_caches_stay_within_their_budgets_under_load() -> None:
+    """The reduced soak (benchmarks/memory.py --cache-check) in a fresh process, with budgets far below what its
+    loads compute: every page cache must evict and stay within its byte budget, and no page may fail."""
+    env = dict(os.environ, **{hosting.CACHE_SCALE_ENV: "0.05"})
+    env.pop("GRU_EXPLAINER_LIMITS", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--cache-check", "--seeds", "3"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, check=False)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not result["exceptions"], result["exceptions"]
+    caches = result["caches"]
+    assert {"ui._explain_cached", "ui._chart_spec", "ui._profile"} <= set(caches), caches
+    reports = caches["ui._explain_cached"]
+    assert reports["largest"] < reports["budget"] < result["computed"] and reports["entries"] < 3, (
+        "one report must fit and the loads must overfill the budget, or the check proves nothing", reports)
+    for name, cache in caches.items():  # (Streamlit keeps one entry larger than the whole budget, with a warning)
+        assert 0 < cache["bytes"] <= max(cache["budget"], cache["largest"]), (name, cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
