@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 
 import streamlit as st
+from streamlit.logger import get_logger
 
 MB = 1 << 20
 CACHE_BUDGET = {
@@ -47,6 +48,11 @@ IDLE_CLEAR_S = 20.0
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2
 
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+"""Blocks of at least this size are mmapped, so a freed large tensor goes straight back to the OS (glibc otherwise
+raises the threshold to the largest block freed, up to 32 MB, and keeps such blocks in its heaps)."""
+_LOG = get_logger(__name__)
 _heavy = threading.BoundedSemaphore(HEAVY_AT_ONCE)
 _held = threading.local()
 _configured = threading.Lock()
@@ -109,6 +115,7 @@ def configure() -> None:
         _state["libc"] = libc
         if libc is not None:
             libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         threading.Thread(target=_watch_idle, name="gx-idle-watchdog", daemon=True).start()
         _state["configured"] = True
 
@@ -130,6 +137,7 @@ def clear_caches() -> None:
     st.cache_data.clear()
     gc.collect()
     release_memory()
+    _LOG.info("no session for %.0f s: page caches cleared, free memory returned to the OS", IDLE_CLEAR_S)
 
 
 def _watch_idle(poll_s: float = 2.0) -> None:
