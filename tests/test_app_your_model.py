@@ -213,3 +213,63 @@ def test_too_many_state_elements_get_one_message(at: AppTest) -> None:
     at.number_input(key="ym_steps").set_value(512)
     run(at)
     assert len(at.error) == 1 and "state-size limit" in at.error[0].value
+
+
+def fresh(query: dict[str, str]) -> AppTest:
+    """A new session opened with this query string (a shared link)."""
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params.update(query)
+    return run(at)
+
+
+def test_view_state_round_trips_through_the_url(at: AppTest) -> None:
+    """Every control but the files lives in the URL (model.*): a fresh session opened with it shows the same view,
+    on the built-in example at once and, once the same file is uploaded again, on that file."""
+    assert not {k for k in at.query_params if k.startswith("model.")}  # defaults write nothing
+    assert any("never your files" in c.value for c in at.caption)
+    torch.manual_seed(6)
+    encoder, decoder = nn.GRU(3, 4), nn.RNN(4, 4, nonlinearity="relu", num_layers=2)
+    data = saved({**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                  **{f"decoder.{k}": v for k, v in decoder.state_dict().items()}})
+    upload(at, data)
+    at.selectbox(key="ym_module").set_value("decoder.")
+    run(at)
+    at.radio(key="ym_nonlinearity").set_value("relu")
+    at.text_input(key="ym_target").set_value("h_n.sum()")
+    at.number_input(key="ym_steps").set_value(7)
+    at.number_input(key="ym_seed").set_value(5)
+    at.selectbox(key="ym_dtype").set_value("float64")
+    at.toggle(key="ym_log").set_value(False)
+    at.selectbox(key="ym_hm_layer").set_value(0)
+    run(at)
+    query = {k: v for k, v in at.query_params.items() if k.startswith("model.")}
+    assert query == {"model.module": "decoder.", "model.nonlinearity": "relu", "model.target": "h_n.sum()",
+                     "model.T": "7", "model.seed": "5", "model.dtype": "float64", "model.log": "false",
+                     "model.layer": "0"}
+    other = AppTest.from_file(PAGE, default_timeout=120)
+    other.query_params.update(query)
+    run(other)  # the link alone: the built-in example with these settings, and a notice that decoder. is not in it
+    assert [w.value for w in other.warning] and all("decoder." in w.value for w in other.warning)
+    keys = ("ym_target", "ym_steps", "ym_seed", "ym_dtype", "ym_log", "ym_hm_layer")
+    assert all(other.session_state[key] == at.session_state[key] for key in keys)
+    upload(other, data)  # the same file again: the same module, nonlinearity, numbers
+    assert other.selectbox(key="ym_module").value == "decoder." and other.radio(key="ym_nonlinearity").value == "relu"
+    assert all(other.session_state[key] == at.session_state[key] for key in keys)
+    assert verdicts(other) == verdicts(at) and len(verdicts(at)) == 1 and "relu" in verdicts(at)[0].lower()
+    assert other.dataframe[0].value.equals(at.dataframe[0].value)
+
+
+def test_bad_url_values_are_noticed_and_fall_back() -> None:
+    query = {"model.T": "0", "model.batch": "1e309", "model.direction": "sideways", "model.input": "[x](http://e.x)",
+             "model.target": "__import__('os')", "model.log": "maybe", "model.nonlinearity": "gelu"}
+    at = fresh(query)
+    notices = [w.value for w in at.warning]
+    assert len(notices) == len(query), notices
+    for key in query:
+        assert any(key in n for n in notices), key
+    assert not at.error and not {k for k in at.query_params if k.startswith("model.")}  # bad values leave the URL
+    assert at.text_input(key="ym_target").value == "y[:, -1].sum()" and at.number_input(key="ym_steps").value == 10
+    assert at.toggle(key="ym_log").value is True and at.radio(key="ym_input").value == "Seeded random"
+    assert len(verdicts(at)) == 1
+    run(at)
+    assert not at.warning  # each notice once
