@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+import hosting
 import ui
 from gru_explainer import ConfigError, TargetError
 from gru_explainer.charts import gradient_norm_chart, input_grad_chart, unit_heatmap
@@ -112,7 +113,7 @@ def _store(key: str, value: Any) -> None:
     _mirror()
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+@st.cache_data(max_entries=8, max_size=hosting.cache_budget("model_inspect"), show_spinner=False)
 def _inspect(data: bytes, name: str) -> dict[str, RecurrentSpec | str]:
     """The file's recurrent modules by key prefix: a spec, or the message saying why it cannot be explained."""
     state = load_state_dict(data, name)
@@ -120,7 +121,7 @@ def _inspect(data: bytes, name: str) -> dict[str, RecurrentSpec | str]:
             for prefix, spec in recurrent_modules(state, name).items()}
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+@st.cache_data(max_entries=8, max_size=hosting.cache_budget("model_explain"), show_spinner=False)
 def _explain(data: bytes, name: str, spec: RecurrentSpec, nonlinearity: str, dtype: str, inputs: tuple,
              target: str) -> ModelExplanation:
     """Load, build and run the module inside watch; inputs = ("random", batch, steps, seed) or ("csv", bytes, name)."""
@@ -129,7 +130,8 @@ def _explain(data: bytes, name: str, spec: RecurrentSpec, nonlinearity: str, dty
         x = random_inputs(spec, *inputs[1:])
     else:
         x = read_sequences(inputs[1], spec.input_size, inputs[2])
-    return explain_state_dict(state, spec, x, target, nonlinearity, dtype)
+    with hosting.heavy():
+        return explain_state_dict(state, spec, x, target, nonlinearity, dtype)
 
 
 def _show(chart: Any) -> None:
