@@ -2,13 +2,15 @@
 
 Measured on a real server (`python benchmarks/memory.py --server`): one visitor walking 20 seeds of the largest
 hosted explorer config peaked at 1.29 GB and 8 sessions at once at 1.46 GB; after they closed the server stayed
-708 MB above its idle size. The causes, and what this module does about each:
+708 MB above its idle size (414 MiB after one visit). The causes, and what this module does about each:
 - page caches bounded by entry counts held up to ~600 MB of pickled results: every `st.cache_data` now has a byte
   budget (CACHE_BUDGET, 128 MB in all), and the caches are dropped once nobody has been connected for a while;
 - memory freed after a run stayed in glibc's heap and in the malloc arenas of Streamlit's per-run threads: the number
   of arenas is capped and free memory is handed back to the OS after every script run (malloc_trim);
 - eight sessions computing at once each held their own transient tensors and chart data: at most HEAVY_AT_ONCE
-  heavy computations run at a time (the others wait, with their spinner; the host has 2 cores anyway).
+  heavy computations run at a time (the others wait, with their spinner; the host has 2 cores anyway);
+- building a large heatmap let Altair validate 17k inline rows at construction (~160 MB): charts.chart_data skips it.
+With all of it: 750 MiB and 843 MiB peaks (see README, "Memory").
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ CACHE_BUDGET = {
 """Bytes of pickled values each page cache may hold (Streamlit evicts the least recently used entries beyond)."""
 CACHE_SCALE_ENV = "GRU_EXPLAINER_CACHE_SCALE"
 """Environment variable: a factor for every budget (e.g. 4 on a host with more memory; the tests use a small one)."""
-HEAVY_AT_ONCE = 2
-"""Heavy computations (explain, charts, sweeps, training) that may run at the same time across all sessions."""
-IDLE_CLEAR_S = 20.0
-"""Drop every page cache once no session has been connected for this long (the memory goes back to the OS)."""
+HEAVY_AT_ONCE = 1
+"""Heavy computations (explain, charts, sweeps, training) that may run at the same time across all sessions: one, so
+concurrent visitors never hold several transient working sets at once (measured: 8 sessions at once peaked at
+1,047 MiB with 2, 843 MiB with 1, and finished sooner: 60 s instead of 107 s); the others wait behind their spinner."""
+IDLE_CLEAR_S = 40.0
+"""Drop every page cache once no session has been connected for this long (the memory goes back to the OS); longer
+than the server's disconnectedSessionTTL (30 s in .streamlit/config.toml), so closed tabs' sessions are gone too."""
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2
 
