@@ -10,7 +10,7 @@ hosted explorer config peaked at 1.29 GB and 8 sessions at once at 1.46 GB; afte
 - eight sessions computing at once each held their own transient tensors and chart data: at most HEAVY_AT_ONCE
   heavy computations run at a time (the others wait, with their spinner; the host has 2 cores anyway);
 - building a large heatmap let Altair validate 17k inline rows at construction (~160 MB): charts.chart_data skips it.
-With all of it: 750 MiB and 843 MiB peaks (see README, "Memory").
+With all of it, on a fresh server: 703 MiB and 800 MiB peaks (README, "Memory", has the warmed server's too).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ CACHE_SCALE_ENV = "GRU_EXPLAINER_CACHE_SCALE"
 """Environment variable: a factor for every budget (e.g. 4 on a host with more memory; the tests use a small one)."""
 HEAVY_AT_ONCE = 1
 """Heavy computations (explain, charts, sweeps, training) that may run at the same time across all sessions: one, so
-concurrent visitors never hold several transient working sets at once (measured: 8 sessions at once peaked at
-1,047 MiB with 2, 843 MiB with 1, and finished sooner: 60 s instead of 107 s); the others wait behind their spinner."""
+concurrent visitors never hold several transient working sets at once (measured on a fresh server: 8 sessions at
+once peaked at 1,047 MiB with 2, 843 MiB with 1, and finished sooner: 60 s instead of 107 s); the others wait
+behind their spinner."""
 IDLE_CLEAR_S = 40.0
 """Drop every page cache once no session has been connected for this long (the memory goes back to the OS); longer
 than the server's disconnectedSessionTTL (30 s in .streamlit/config.toml), so closed tabs' sessions are gone too."""

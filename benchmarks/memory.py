@@ -198,7 +198,8 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
     explorer config, peak while the `mixed` sessions run at once, and idle RSS after every session closed."""
     from playwright.sync_api import sync_playwright
 
-    from scripts.screenshots import StreamlitServer, launch_browser, new_context, open_page, wait_for_app
+    from hosting import IDLE_CLEAR_S
+    from scripts.screenshots import StreamlitServer, app_pages, launch_browser, new_context, open_page, wait_for_app
 
     env = {k: v for k, v in os.environ.items() if k != "GRU_EXPLAINER_LIMITS"}
     out: dict[str, float] = {}
@@ -208,10 +209,14 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
         browser = launch_browser(playwright)
         try:
             context = new_context(browser)
-            open_page(context.new_page(), f"{server.base_url}/", timeout_ms=120_000)  # imports, first run
+            warm = context.new_page()
+            for app_page in app_pages(ROOT):  # every page once at its defaults: what each imports stays loaded
+                open_page(warm, app_page.url(server.base_url), timeout_ms=300_000)
             context.close()
+            time.sleep(IDLE_CLEAR_S + 5)  # the warm-up's cached results dropped too: "before" is a bare idle server
             out["idle_before_mib"] = _settle_idle(pid)
-            print(f"  idle server after one visit: {out['idle_before_mib']:.0f} MiB", flush=True)
+            print(f"  idle server after one visit to every page at its defaults: {out['idle_before_mib']:.0f} MiB",
+                  flush=True)
             context = new_context(browser)
             page = context.new_page()
             sampler.reset()
@@ -235,8 +240,6 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             for c in contexts:
                 c.close()
-            from hosting import IDLE_CLEAR_S
-
             time.sleep(IDLE_CLEAR_S + 5)  # the server drops its caches once nobody has been connected that long
             out["idle_after_mib"] = _settle_idle(pid, 60.0)
             print(f"  idle after every session closed: {out['idle_after_mib']:.0f} MiB "

@@ -6,7 +6,7 @@ recomputed for all t at once (two matmuls), leaving only the adjoint recursion
 sequential: per step a few elementwise ops and one [B, G*H] x [G*H, H] matmul.
 
 Rescaled: every carry is held as mantissa × 2**exponent, one integer exponent per (step, batch item), and the
-mantissa row is renormalised to a largest |value| in [0.5, 1) after each step (a multiplication by a power of two:
+mantissa row is renormalised to a largest |value| in [0.5, 1) every few steps (a multiplication by a power of two:
 exact). So no intermediate underflows or becomes denormal, whatever the caller's flush-denormal flag (denormal
 arithmetic is several times slower on many CPUs), and the TRUE magnitude is known even far below or above what the
 dtype can hold. `Scaled.value()` then rounds to the dtype once, as autograd would have held it.
