@@ -217,18 +217,21 @@ def wait_for_app(page: Any, timeout_ms: float = 60_000) -> None:
     """
     deadline = time.monotonic() + timeout_ms / 1000
     page.wait_for_selector(APP_READY, state="attached", timeout=timeout_ms)
-    remaining = max(1_000.0, (deadline - time.monotonic()) * 1000)
-    page.wait_for_function(
-        """([ready, charts, drawn]) => {
-            if (!document.querySelector(ready)) return false;
-            if (document.querySelector('[data-stale="true"]')) return false;
-            return [...document.querySelectorAll(charts)].every(c => c.querySelector(drawn));
-        }""",
-        arg=[APP_READY, CHARTS, CHART_DRAWN], timeout=remaining, polling=100)
-    wait_for_layout(page, timeout_ms=max(1_000.0, (deadline - time.monotonic()) * 1000))
-    errors = exception_texts(page)
-    assert not errors, "the page shows an exception:\n" + "\n---\n".join(errors)
-    problems = chart_problems(page)
+    for attempt in range(3):  # a chart re-embeds (briefly without its svg) when its width changes as the page settles
+        remaining = max(1_000.0, (deadline - time.monotonic()) * 1000)
+        page.wait_for_function(
+            """([ready, charts, drawn]) => {
+                if (!document.querySelector(ready)) return false;
+                if (document.querySelector('[data-stale="true"]')) return false;
+                return [...document.querySelectorAll(charts)].every(c => c.querySelector(drawn));
+            }""",
+            arg=[APP_READY, CHARTS, CHART_DRAWN], timeout=remaining, polling=100)
+        wait_for_layout(page, timeout_ms=max(1_000.0, (deadline - time.monotonic()) * 1000))
+        errors = exception_texts(page)
+        assert not errors, "the page shows an exception:\n" + "\n---\n".join(errors)
+        problems = chart_problems(page)
+        if not problems or attempt == 2:
+            break
     assert not problems, "charts did not draw properly:\n" + "\n".join(problems)
 
 
