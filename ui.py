@@ -74,6 +74,18 @@ def shared_config() -> ExplainConfig:
     return st.session_state[CONFIG_KEY]
 
 
+def mirror_view(wanted: dict[str, str], keys: Any) -> None:
+    """Make the URL hold exactly `wanted` among the page's view `keys` (ViewParam specs or key names): set what
+    differs, drop the keys at their default. A page's view state lives in the URL this way."""
+    for key in keys:
+        key = getattr(key, "key", key)
+        if key in wanted:
+            if st.query_params.get(key) != wanted[key]:
+                st.query_params[key] = wanted[key]
+        else:
+            st.query_params.pop(key, None)
+
+
 def set_shared_config(cfg: ExplainConfig) -> None:
     """Store `cfg` for every page and mirror its non-default fields in the URL (other URL keys are kept)."""
     st.session_state[CONFIG_KEY] = cfg

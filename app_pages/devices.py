@@ -68,12 +68,7 @@ def _store(chosen: list[str], repeats: int, devices: list[str]) -> None:
     wanted = view_to_query({"devices.repeats": int(repeats)}, [VIEW_PARAMS["dev_repeats"]])
     if list(chosen) != devices:
         wanted[DEVICES_KEY] = ",".join(chosen) if chosen else NONE
-    for spec in VIEW_PARAMS.values():
-        if spec.key in wanted:
-            if st.query_params.get(spec.key) != wanted[spec.key]:
-                st.query_params[spec.key] = wanted[spec.key]
-        else:
-            st.query_params.pop(spec.key, None)
+    ui.mirror_view(wanted, VIEW_PARAMS.values())
 
 
 def _run_label(row) -> str:

@@ -70,12 +70,7 @@ def _store(key: str, value: Any) -> None:
     view = _view()
     view[VIEW_PARAMS[key].key] = value
     wanted = view_to_query(view, VIEW_PARAMS.values())
-    for spec in VIEW_PARAMS.values():
-        if spec.key in wanted:
-            if st.query_params.get(spec.key) != wanted[spec.key]:
-                st.query_params[spec.key] = wanted[spec.key]
-        elif spec.key in st.query_params:
-            del st.query_params[spec.key]
+    ui.mirror_view(wanted, VIEW_PARAMS.values())
 
 
 def _on_preset() -> None:

@@ -83,12 +83,7 @@ def _view_from_url() -> None:
 def _view_to_url() -> None:
     """Mirror the non-default followed layer / direction in the URL."""
     wanted = view_to_query(st.session_state[VIEW], VIEW_PARAMS)
-    for spec in VIEW_PARAMS:
-        if spec.key in wanted:
-            if st.query_params.get(spec.key) != wanted[spec.key]:
-                st.query_params[spec.key] = wanted[spec.key]
-        else:
-            st.query_params.pop(spec.key, None)
+    ui.mirror_view(wanted, VIEW_PARAMS)
 
 
 def _pick(profile: pd.DataFrame, layer: int, direction: str) -> pd.DataFrame:

@@ -66,12 +66,7 @@ def _from_url() -> None:
 def _to_url(values: dict[str, Any]) -> None:
     """Mirror the non-default settings in the URL."""
     wanted = view_to_query(values, VIEW_PARAMS)
-    for spec in VIEW_PARAMS:
-        if spec.key in wanted:
-            if st.query_params.get(spec.key) != wanted[spec.key]:
-                st.query_params[spec.key] = wanted[spec.key]
-        else:
-            st.query_params.pop(spec.key, None)
+    ui.mirror_view(wanted, VIEW_PARAMS)
 
 
 @st.cache_data(max_entries=8, max_size=hosting.cache_budget("train"), show_spinner=False)

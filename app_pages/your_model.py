@@ -87,12 +87,7 @@ def _view() -> dict[str, Any]:
 def _mirror() -> None:
     """Write the non-default view values to the URL, drop the others."""
     wanted = view_to_query(st.session_state[VIEW], VIEW_PARAMS.values())
-    for spec in VIEW_PARAMS.values():
-        if spec.key in wanted:
-            if st.query_params.get(spec.key) != wanted[spec.key]:
-                st.query_params[spec.key] = wanted[spec.key]
-        else:
-            st.query_params.pop(spec.key, None)
+    ui.mirror_view(wanted, VIEW_PARAMS.values())
 
 
 def _seed(key: str, value: Any) -> None:
