@@ -48,5 +48,10 @@ page = st.navigation(pages)
 ui.set_shared_config(ui.shared_config())
 try:
     page.run()
-finally:  # also when the run stops early (a rerun, st.stop, a closed session): free memory goes back to the OS
+except BaseException as stopped_by:  # a rerun, st.stop, a closed session, an error
+    ui.run_ended(stopped_by)
+    raise
+else:
+    ui.run_ended(None)
+finally:  # also when the run stops early: free memory goes back to the OS
     hosting.release_memory()

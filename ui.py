@@ -8,6 +8,7 @@ Interface used by all pages (keep it stable):
     show_error(err, on_cpu=None) -> None       st.error with the message only (never a traceback); a DeviceError
                                                also gets a "Run on the CPU instead" button (see offer_cpu)
     show_notice(notice) -> None                st.warning for a URL notice (its quoted URL text shown literally)
+    run_ended(stopped_by) -> None              app.py, after each run: URL notices a rerun cut short come back
     md_escape(text) / literal(text) -> str     Markdown that shows text literally: visitor text (URL, typed, uploaded)
                                                never becomes a link, image, icon shortcode, formatting or HTML
 Extra helpers:
@@ -47,6 +48,7 @@ from gru_explainer.urlstate import FIELD_NAMES, PAGE_KEYS, Notice, Quote, config
 
 CONFIG_KEY = "gx_config"
 NOTICES_KEY = "gx_config_notices"
+UNDELIVERED_KEY = "gx_config_notices_undelivered"
 HEAD_LABELS = {"none": "none (y is the output)", "linear": "Linear on the last step (MyModel)"}
 MIN_WEIGHT_SCALE = 0.001
 SIDEBAR_FIELDS = ("cell", "num_layers", "input_size", "hidden_size", "bidirectional", "head", "head_size", "seq_len",
@@ -69,9 +71,27 @@ def shared_config() -> ExplainConfig:
             if key not in FIELD_NAMES and key not in PAGE_KEYS:
                 del st.query_params[key]
         set_shared_config(cfg)  # rewrite the URL without the values that fell back to defaults
-    for notice in st.session_state.pop(NOTICES_KEY, []):
+    notices = st.session_state.pop(NOTICES_KEY, [])  # shown once per run (pages call this too) ...
+    if notices:
+        st.session_state[UNDELIVERED_KEY] = notices  # ... and again next run if this one is cut short (`run_ended`)
+    for notice in notices:
         show_notice(notice)
     return st.session_state[CONFIG_KEY]
+
+
+def run_ended(stopped_by: BaseException | None) -> None:
+    """Forget the URL notices once a run has shown them to the end; a run cut short by a rerun (a click while the
+    first run computes) keeps them, so the next run shows them again instead of losing them."""
+    undelivered = st.session_state.pop(UNDELIVERED_KEY, None)
+    if undelivered and _is_rerun(stopped_by):
+        st.session_state[NOTICES_KEY] = undelivered
+
+
+def _is_rerun(err: BaseException | None) -> bool:
+    """Whether `err` is Streamlit's request to rerun the script (it interrupts a run at its next element)."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+
+    return isinstance(err, RerunException)
 
 
 def mirror_view(wanted: dict[str, str], keys: Any) -> None:
@@ -479,4 +499,4 @@ def config_sidebar() -> ExplainConfig:
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
            "file_stem", "glossary", "literal", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
-           "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice"]
+           "run_ended", "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice"]

@@ -266,3 +266,29 @@ def test_your_model_shows_a_hostile_file_name_and_key_prefix_literally() -> None
     assert at.error and "evil" in at.error[0].value  # the file's name in the error, literally
     for text in markdown_sources(at):
         assert not active(text), text
+
+
+def _interrupted_first_run() -> None:
+    """A page whose first run is cut short by a rerun (a click while it computes), as app.py reports it."""
+    import streamlit as st
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+
+    import ui
+
+    ui.shared_config()
+    ui.shared_config()  # a page calls it again: the notices are still shown once per run
+    runs = st.session_state["runs"] = st.session_state.get("runs", 0) + 1
+    ui.run_ended(RerunException(None) if runs == 1 else None)
+
+
+def test_url_notices_survive_a_run_cut_short_by_a_rerun() -> None:
+    at = AppTest.from_function(_interrupted_first_run, default_timeout=30)
+    at.query_params["hidden_size"] = "-5"
+    shown = [len(run(at).warning) for _ in range(3)]
+    assert shown == [1, 1, 0]  # shown, cut short, shown again to the end, then gone
+
+
+def test_app_shows_url_notices_once_and_not_on_the_next_run() -> None:
+    at = open_with("app.py", {"hidden_size": "-5", "zzz": "1"})
+    assert len(at.warning) == 2, [w.value for w in at.warning]
+    assert not run(at).warning
