@@ -8,13 +8,16 @@ hosted explorer config peaked at 1.29 GB and 8 sessions at once at 1.46 GB; afte
 - memory freed after a run stayed in glibc's heap and in the malloc arenas of Streamlit's per-run threads: the number
   of arenas is capped and free memory is handed back to the OS after every script run (malloc_trim);
 - eight sessions computing at once each held their own transient tensors and chart data: at most HEAVY_AT_ONCE
-  heavy computations run at a time (the others wait, with their spinner; the host has 2 cores anyway);
+  heavy computations run at a time (the others wait, with their spinner, first come first served; the host has 2
+  cores anyway), and a training run (the one request allowed up to a minute) gives the slot to waiting visitors at
+  each of its checkpoints (`take_turns`), so nobody waits behind it for more than one checkpoint;
 - building a large heatmap let Altair validate 17k inline rows at construction (~160 MB): charts.chart_data skips it.
 With all of it, on a fresh server: 703 MiB and 800 MiB peaks (README, "Memory", has the warmed server's too).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -59,7 +62,6 @@ MMAP_THRESHOLD = 1 << 20
 """Blocks of at least this size are mmapped, so a freed large tensor goes straight back to the OS (glibc otherwise
 raises the threshold to the largest block freed, up to 32 MB, and keeps such blocks in its heaps)."""
 _LOG = get_logger(__name__)
-_heavy = threading.BoundedSemaphore(HEAVY_AT_ONCE)
 _held = threading.local()
 _configured = threading.Lock()
 _state: dict[str, object] = {}
@@ -76,6 +78,41 @@ def cache_budget(name: str) -> int:
     return max(1, int(CACHE_BUDGET[name] * scale))
 
 
+class FairSlots:
+    """`slots` places handed out first come, first served (threading.Semaphore wakes waiters in no set order): a
+    long run that gives its place back with `take_turns` lines up behind everyone already waiting."""
+
+    def __init__(self, slots: int) -> None:
+        self._cond = threading.Condition()
+        self._free = slots
+        self._queue: collections.deque[object] = collections.deque()
+
+    def acquire(self) -> None:
+        """Wait for a place, in arrival order."""
+        with self._cond:
+            ticket = object()
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or self._free == 0:
+                self._cond.wait()
+            self._queue.popleft()
+            self._free -= 1
+            self._cond.notify_all()  # the next in line may find a free place too
+
+    def release(self) -> None:
+        """Give a place back."""
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    def waiting(self) -> int:
+        """How many threads are waiting for a place."""
+        with self._cond:
+            return len(self._queue)
+
+
+_heavy = FairSlots(HEAVY_AT_ONCE)
+
+
 @contextlib.contextmanager
 def heavy() -> Iterator[None]:
     """Hold one of the HEAVY_AT_ONCE slots for a heavy computation; re-entrant within a thread (a cached chart that
@@ -90,6 +127,17 @@ def heavy() -> Iterator[None]:
         _held.depth = depth
         if depth == 0:
             _heavy.release()
+
+
+def take_turns() -> bool:
+    """For a long run inside `heavy()` (training: up to a minute at the hosted limits), at each checkpoint: when other
+    visitors wait, give the slot to them and line up again, so a short request never waits behind a long one for
+    more than one checkpoint interval. True when it gave the slot away; a no-op outside `heavy()`."""
+    if getattr(_held, "depth", 0) == 0 or _heavy.waiting() == 0:
+        return False
+    _heavy.release()
+    _heavy.acquire()
+    return True
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -77,9 +77,12 @@ def _train_cached(fields: tuple[tuple[str, Any], ...]) -> TrainResult:
     cfg = TrainConfig(**dict(fields))
     bar = st.progress(0.0, text=f"Training {CELL_LABELS[cfg.cell]}…")
     try:
+        def progress(fraction: float, message: str) -> None:
+            hosting.take_turns()  # ~50 checkpoints: a visitor waiting for the slot goes first, then training goes on
+            bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
         with hosting.heavy():  # at most hosting.HEAVY_AT_ONCE heavy runs at a time, across sessions
-            return train(cfg, LIMITS, progress=lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0),
-                                                                                       text=message))
+            return train(cfg, LIMITS, progress=progress)
     finally:
         bar.empty()
 

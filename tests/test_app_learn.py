@@ -160,3 +160,14 @@ def test_invalid_combinations_show_the_core_error(query: dict[str, str], message
     assert not at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     assert not at.get("vega_lite_chart")
+
+
+def test_training_gives_waiting_visitors_the_slot_at_its_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one long request (training) calls hosting.take_turns at its progress checkpoints, inside heavy()."""
+    import hosting
+
+    inside: list[int] = []
+    monkeypatch.setattr(hosting, "take_turns", lambda: inside.append(getattr(hosting._held, "depth", 0)) or False)
+    at = _run({**SMALL, "learn.seed": "12345"})  # a seed no other test trains (a cache hit would not train)
+    assert not at.exception
+    assert len(inside) >= 2 * 20 and min(inside) >= 1, inside  # both cells, ~50 checkpoints each, all in heavy()

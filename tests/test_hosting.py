@@ -89,10 +89,63 @@ def test_heavy_releases_its_slot_on_error() -> None:
     for _ in range(hosting.HEAVY_AT_ONCE + 1):
         with pytest.raises(RuntimeError), hosting.heavy():
             raise RuntimeError("boom")
-    acquired = [hosting._heavy.acquire(blocking=False) for _ in range(hosting.HEAVY_AT_ONCE)]
-    assert all(acquired)
-    for _ in acquired:
-        hosting._heavy.release()
+    assert hosting._heavy._free == hosting.HEAVY_AT_ONCE and hosting._heavy.waiting() == 0  # every slot back
+
+
+def test_slots_go_first_come_first_served() -> None:
+    order: list[int] = []
+
+    def request(i: int) -> None:
+        with hosting.heavy():
+            order.append(i)
+
+    with hosting.heavy():  # hold the slot while the others line up, one after another
+        threads = []
+        for i in range(5):
+            threads.append(threading.Thread(target=request, args=(i,)))
+            threads[-1].start()
+            _wait_until(lambda i=i: hosting._heavy.waiting() == i + 1)
+    for t in threads:
+        t.join(timeout=30)
+    assert order == [0, 1, 2, 3, 4]
+    assert hosting._heavy._free == hosting.HEAVY_AT_ONCE
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_long_run_that_takes_turns_lets_a_short_request_in() -> None:
+    """A 'training run' holding the slot for ~3 s with a checkpoint every 20 ms: a request arriving meanwhile gets the
+    slot at the next checkpoint, long before the run ends; without waiters take_turns keeps the slot."""
+    gave_away, finished, served_at = [], [], []
+
+    def long_run() -> None:
+        with hosting.heavy():
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                time.sleep(0.02)
+                gave_away.append(hosting.take_turns())
+        finished.append(time.monotonic())
+
+    def short_request() -> None:
+        with hosting.heavy():
+            served_at.append(time.monotonic())
+
+    runner = threading.Thread(target=long_run)
+    runner.start()
+    _wait_until(lambda: len(gave_away) >= 5)
+    asked = time.monotonic()
+    visitor = threading.Thread(target=short_request)
+    visitor.start()
+    visitor.join(timeout=30)
+    runner.join(timeout=30)
+    assert served_at[0] - asked < 1.0 < finished[0] - served_at[0]  # served at a checkpoint, not after the run
+    assert gave_away.count(True) == 1  # the slot went away exactly once: when somebody waited
+    assert not hosting.take_turns()  # outside heavy(): nothing to give
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
