@@ -1,4 +1,5 @@
-"""Gradient flow through time: how dL/dh_t decays or grows with the distance from the step the target reads."""
+"""Gradient flow through time: how dL/dh_t (and an LSTM's dL/dc_t) decays or grows with the distance from the step
+the target reads."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from gru_explainer.flow import (
     cell_config,
     cell_label,
     decay_rates,
+    describe_cell_path,
     describe_jacobians,
     describe_rate,
     describe_sweep,
+    hidden_rows,
     sweep,
 )
 from gru_explainer.urlstate import Notice, Quote, ViewParam, view_from_query, view_to_query
@@ -105,8 +108,10 @@ title_col.title("Gradient flow through time")
 with glossary_col:
     ui.glossary(("anchor / read step", "structural zero", "underflow"))
 st.caption("Backpropagation through time multiplies dL/dh_t by one Jacobian ∂h_t/∂h_{t-1} per step back, so its "
-           "size changes roughly geometrically with the distance from the step the target reads. Compare cells, "
-           "then sweep the sequence length and the weight scale.")
+           "size changes roughly geometrically with the distance from the step the target reads. For an LSTM the "
+           "chart also draws dL/dc_t: its cell path c_t = f_t·c_{t-1} + i_t·g_t multiplies the gradient by the "
+           "forget gate at each step back instead. Compare cells, then sweep the sequence length and the weight "
+           "scale.")
 
 _from_url("flow.cells", list(CELLS), DEFAULT_CELLS)
 cells = st.multiselect("Cells to compare", CELLS, key="flow.cells", format_func=cell_label,
@@ -147,9 +152,14 @@ if profile.empty:
     st.stop()
 
 shown = _pick(profile, int(layer), direction)
-rates = decay_rates(shown)
-st.subheader(f"‖dL/dh_t‖ vs steps back, T = {cfg.seq_len}, weight scale {cfg.weight_scale:g}")
-ui.show_chart(decay_chart(shown, rates))
+all_rates = decay_rates(shown)  # ‖dL/dh_t‖ per cell, and ‖dL/dc_t‖ for an LSTM
+rates = hidden_rows(all_rates)
+cell_path = describe_cell_path(all_rates)
+drawn = "‖dL/dh_t‖ and the LSTM's ‖dL/dc_t‖" if cell_path else "‖dL/dh_t‖"
+st.subheader(f"{drawn} vs steps back, T = {cfg.seq_len}, weight scale {cfg.weight_scale:g}")
+ui.show_chart(decay_chart(shown, all_rates))
+for line in cell_path:
+    st.caption(line)
 
 with st.expander("How this is measured"):
     st.markdown(
@@ -161,6 +171,8 @@ with st.expander("How this is measured"):
         "direction's recurrence.\n"
         "- **‖dL/dh_t‖** is the total derivative's L2 norm over the batch and the hidden units, exactly the "
         "explorer's hidden-state curve, at its true magnitude (also where float32 shows 0 or inf).\n"
+        "- **‖dL/dc_t‖** (LSTM only) is the same norm of the cell state's total derivative, the explorer's "
+        "cell-state curve, at the hidden state's distances. Its rate is fitted the same way.\n"
         "- **Rate**: the least-squares slope b of log10‖dL/dh_t‖ against k ≥ 0 gives the per-step factor 10^b. "
         "Exact zeros and undefined (NaN) values carry no magnitude and are left out of the fit, but stay on the "
         "chart as markers.")
@@ -246,7 +258,7 @@ if skipped:
     st.warning(ui.md_escape(f"Skipped {len(skipped)} combination(s): {listed}{more}"), icon=":material/warning:")
 if swept.empty:
     st.stop()
-swept_rates = decay_rates(_pick(swept, int(layer), direction))
+swept_rates = hidden_rows(decay_rates(_pick(swept, int(layer), direction)))  # the table compares ‖dL/dh_t‖
 ui.show_chart(rate_chart(swept_rates))
 table = swept_rates.assign(cell=swept_rates["cell"].map(cell_label)).pivot(
     index=["cell", "seq_len"], columns="weight_scale", values="rate").reset_index()

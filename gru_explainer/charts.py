@@ -683,6 +683,13 @@ CELL_COLORS = {"gru": "#0072B2", "lstm": "#009E73", "rnn_tanh": "#E69F00", "rnn_
 CELL_SHAPES = {"gru": "circle", "lstm": "diamond", "rnn_tanh": "triangle-right", "rnn_relu": "triangle-left",
                "answer_gru": "wedge"}
 CELL_DASHES = {"gru": [1, 0], "lstm": [7, 3], "rnn_tanh": [3, 2], "rnn_relu": [8, 3, 2, 3], "answer_gru": [4, 4]}
+STAR_SHAPE = ("M0,-1L0.235,-0.324L0.951,-0.309L0.38,0.124L0.588,0.809L0,0.4L-0.588,0.809L-0.38,0.124L-0.951,-0.309"
+              "L-0.235,-0.324Z")
+"""A five-pointed star, a shape no cell or cause uses."""
+CELL_STATE_SHAPE = STAR_SHAPE
+CELL_STATE_DASH = [10, 3, 2, 3, 2, 3]
+"""The decay chart's ‖dL/dc_t‖ line (LSTM): the cell's colour with a dash-dot-dot no cell line and no fitted
+(dotted) line uses, and a star for its points."""
 ENGINE_COLORS = {"fused": "#4c78a8", "twin": "#f58518"}
 DIFF_SERIES = {"hidden_grad_diff": "dL/dh_t (hidden_grad)", "stacked_grad_diff": "y.grad (stacked_grad)",
                "input_grad_diff": "dL/dx_t (input_grad)"}
@@ -695,17 +702,42 @@ def _cell_scale(cells: list[str]) -> alt.Scale:
                      range=[CELL_COLORS.get(c, "#888888") for c in cells])
 
 
-def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
-    """Rows of the decay chart: one per (cell, layer, direction, step), at TRUE magnitudes when the profile has a
-    `log10_norm` column (underflow / overflow drawn where they are), exact zeros in a band below the plot.
+def series_label(cell: str, quantity: str = "hidden_state") -> str:
+    """The decay chart's name of one line: the cell's label for ‖dL/dh_t‖ ("LSTM"), "LSTM dL/dc_t" for its cell."""
+    label = CELL_LABELS.get(cell, cell)
+    return label if quantity == "hidden_state" else f"{label} {SERIES_SHORT.get(quantity, quantity)}"
 
-    Columns: cell, cell_label, seq_len, weight_scale, layer, direction, side ("back" / "ahead"; "back" for older
-    profiles), t, distance, norm (dtype value, finite or None), log10_norm, norm_text, true_text, status,
-    status_label, marker, plot_y (value-axis position; the domain edge for band rows: below / above every value),
-    line_y (finite non-zero dtype values only), true_line_y (every point on the value axis), band_row (None on the
-    axis, -1 the inf/NaN band above, 0.. one zero-band row per cell). attrs: as `norm_rows`.
+
+def _series_order(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(cell, quantity) of the decay chart's lines: by cell in order of appearance, ‖dL/dh_t‖ before ‖dL/dc_t‖."""
+    pairs = list(dict.fromkeys(zip(rows["cell"].astype(str), rows["quantity"].astype(str), strict=True)))
+    cells = list(dict.fromkeys(c for c, _ in pairs))
+    return sorted(pairs, key=lambda p: (cells.index(p[0]), p[1] != "hidden_state"))
+
+
+def _line_scales(order: list[tuple[str, str]]) -> tuple[alt.Scale, alt.Scale]:
+    """Colour (the cell's) and dash (the cell's for ‖dL/dh_t‖, CELL_STATE_DASH for ‖dL/dc_t‖) per decay line."""
+    domain = [series_label(c, q) for c, q in order]
+    colors = [CELL_COLORS.get(c, GUIDE_GRAY) for c, _ in order]
+    dashes = [CELL_DASHES.get(c, [1, 0]) if q == "hidden_state" else CELL_STATE_DASH for c, q in order]
+    return alt.Scale(domain=domain, range=colors), alt.Scale(domain=domain, range=dashes)
+
+
+def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
+    """Rows of the decay chart: one per (cell, layer, direction, quantity, step), at TRUE magnitudes when the profile
+    has a `log10_norm` column (underflow / overflow drawn where they are), exact zeros in a band below the plot.
+
+    Columns: cell, cell_label, quantity ("hidden_state"; "cell_state" for an LSTM's ‖dL/dc_t‖), series_label (the
+    line: `series_label`), gradient ("dL/dh_t" / "dL/dc_t"), seq_len, weight_scale, layer, direction, side ("back" /
+    "ahead"; "back" for older profiles), t, distance, norm (dtype value, finite or None), log10_norm, norm_text,
+    true_text, status, status_label, marker, plot_y (value-axis position; the domain edge for band rows: below /
+    above every value), line_y (finite non-zero dtype values only), true_line_y (every point on the value axis),
+    band_row (None on the axis, -1 the inf/NaN band above, 0.. one zero-band row per line). attrs: as
+    `norm_rows`, and series: the lines' (cell, quantity) in legend order.
     """
     rows = profile.reset_index(drop=True)
+    if "quantity" not in rows:  # profiles made before the cell state was added: ‖dL/dh_t‖ only
+        rows = rows.assign(quantity="hidden_state")
     true = "log10_norm" in rows
     log10 = _true_log10(rows)
     status = _row_status(rows, log10)
@@ -714,8 +746,10 @@ def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
     dtype = dtype or (infer_dtype(rows, log10) if true else "float32")
     layout = _magnitude_layout(log10, status, True, rows["norm"].astype(float).to_numpy(), dtype)
     below = layout["below"] | (status == "underflow") & ~layout["on_axis"]
-    cells = list(dict.fromkeys(rows["cell"].astype(str)))
-    band, present = _band_rows(below, layout["above"] & ~below, rows["cell"].astype(str), cells)
+    order = _series_order(rows)
+    lines = pd.Series([series_label(c, q) for c, q in zip(rows["cell"].astype(str), rows["quantity"].astype(str),
+                                                          strict=True)], dtype=object)
+    band, present = _band_rows(below, layout["above"] & ~below, lines, [series_label(c, q) for c, q in order])
     low, high = layout["domain"]
     on_axis = np.isfinite(layout["plot_y"])
     plot_y = np.where(on_axis, layout["plot_y"], np.where(layout["above"] & ~below, high, low))
@@ -726,6 +760,9 @@ def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
     out = pd.DataFrame({
         "cell": rows["cell"].astype(str),
         "cell_label": rows["cell"].map(lambda c: CELL_LABELS.get(c, c)),
+        "quantity": rows["quantity"].astype(str),
+        "series_label": lines,
+        "gradient": rows["quantity"].map(lambda q: SERIES_SHORT.get(q, q)),
         "seq_len": rows["seq_len"].astype(int),
         "weight_scale": rows["weight_scale"].astype(float),
         "layer": rows["layer"].astype(int),
@@ -739,72 +776,85 @@ def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
         "true_text": [_fmt_log10(v) for v in log10],
         "status": status,
         "status_label": _labels(status, label, log10, on_axis),
-        "marker": [CELL_LABELS.get(c, c) if s == "value" else text for c, s, text in zip(
-            rows["cell"], status, _labels(status, label, log10, on_axis), strict=True)],
+        "marker": [line if s == "value" else text for line, s, text in zip(
+            lines, status, _labels(status, label, log10, on_axis), strict=True)],
         "plot_y": plot_y.astype(float),
         "line_y": [float(v) if s == "value" else None for v, s in zip(plot_y, status, strict=True)],
         "true_line_y": [float(v) if ok else None for v, ok in zip(plot_y, on_axis, strict=True)],
         "band_row": band,
     })
     out.attrs.update(domain=layout["domain"], limits=layout["limits"],
-                     band_labels=[f"{CELL_LABELS.get(c, c)} = 0" for c in present],
-                     top_band=bool((layout["above"] & ~below).any()), dtype=dtype, log_scale=True)
+                     band_labels=[f"{line} = 0" for line in present],
+                     top_band=bool((layout["above"] & ~below).any()), dtype=dtype, log_scale=True, series=order)
     return out
 
 
 def fit_rows(rates: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
-    """The fitted lines norm = 10**log10_intercept · rate**distance, over the distances of the fitted points."""
+    """The fitted lines norm = 10**log10_intercept · rate**distance, over the distances of the fitted points; one
+    per rate row, i.e. per (cell, …, quantity): an LSTM's ‖dL/dc_t‖ gets its own."""
     rows = []
+    if "quantity" not in profile:
+        profile = profile.assign(quantity="hidden_state")
     for rate in rates.itertuples(index=False):
         if not (math.isfinite(rate.rate) and math.isfinite(rate.log10_intercept)):
             continue
+        quantity = getattr(rate, "quantity", "hidden_state")
         group = profile[(profile["cell"] == rate.cell) & (profile["layer"] == rate.layer)
                         & (profile["direction"] == rate.direction) & (profile["seq_len"] == rate.seq_len)
-                        & (profile["weight_scale"] == rate.weight_scale)]
+                        & (profile["weight_scale"] == rate.weight_scale) & (profile["quantity"] == quantity)]
         norm = group["norm"].astype(float)
         used = group[np.isfinite(norm.to_numpy()) & (norm.to_numpy() > 0)]
         if used.empty:
             continue
         for d in (int(used["distance"].min()), int(used["distance"].max())):
-            rows.append({"cell": rate.cell, "cell_label": CELL_LABELS.get(rate.cell, rate.cell), "distance": d,
+            rows.append({"cell": rate.cell, "cell_label": CELL_LABELS.get(rate.cell, rate.cell),
+                         "quantity": quantity, "series_label": series_label(rate.cell, quantity),
+                         "gradient": SERIES_SHORT.get(quantity, quantity), "distance": d,
                          "fit_y": 10.0 ** (rate.log10_intercept + rate.log10_rate * d),
                          "rate_text": f"{rate.rate:.4g}"})
-    return pd.DataFrame(rows, columns=["cell", "cell_label", "distance", "fit_y", "rate_text"])
+    return pd.DataFrame(rows, columns=["cell", "cell_label", "quantity", "series_label", "gradient", "distance",
+                                       "fit_y", "rate_text"])
 
 
 def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype: str | None = None) -> alt.LayerChart:
     """‖dL/dh_t‖ vs distance from the target step, one line per cell on one log scale, at true magnitudes (when
-    the profile has them); exact zeros in a band below the plot, inf/NaN in a band above.
+    the profile has them); exact zeros in a band below the plot, inf/NaN in a band above. An LSTM's ‖dL/dc_t‖
+    rows (quantity "cell_state") get a line of their own beside its ‖dL/dh_t‖: the cell's colour, CELL_STATE_DASH
+    and star points, legend entry "LSTM dL/dc_t".
 
     `profile` holds one layer and direction (and one seq_len / weight_scale) per cell; `rates` (decay_rates of
     it) adds the fitted geometric lines, dotted.
     """
     rows = decay_rows(profile, dtype)
-    cells = list(dict.fromkeys(rows["cell"]))
+    order = rows.attrs["series"]
+    has_cell = any(q != "hidden_state" for _, q in order)
     height, width = 300, 620
     band_height = _band_height(rows)
     ahead = bool((rows["distance"] < 0).any())
     x = alt.X("distance:Q", title="steps back from the target step (distance)" if not ahead else
               "steps back from the read step (distance; negative: steps ahead of it)",
               scale=alt.Scale(nice=False, padding=8), axis=alt.Axis(tickMinStep=1, format="d", offset=band_height))
-    y_title = "‖dL/dh_t‖ (L2 over batch × units, log scale)"
+    y_title = ("‖dL/dh_t‖, ‖dL/dc_t‖" if has_cell else "‖dL/dh_t‖") + " (L2 over batch × units, log scale)"
     y_scale, y_axis = _y_scale(rows), _log_axis(rows)
-    color = alt.Color("cell_label:N", scale=_cell_scale(cells), legend=_legend("cell", symbolType="stroke"))
-    dash = alt.StrokeDash("cell_label:N", scale=alt.Scale(domain=[CELL_LABELS.get(c, c) for c in cells],
-                                                          range=[CELL_DASHES.get(c, [1, 0]) for c in cells]),
-                          legend=_legend("cell", symbolType="stroke"))
+    color_scale, dash_scale = _line_scales(order)
+    color = alt.Color("series_label:N", scale=color_scale, legend=_legend("cell", symbolType="stroke"))
+    dash = alt.StrokeDash("series_label:N", scale=dash_scale, legend=_legend("cell", symbolType="stroke"))
     present = list(dict.fromkeys(rows["marker"]))
-    domain = [CELL_LABELS.get(c, c) for c in cells if CELL_LABELS.get(c, c) in present]
-    shapes = [CELL_SHAPES.get(c, "circle") for c in cells if CELL_LABELS.get(c, c) in present]
+    domain, shapes = [], []
+    for cell, quantity in order:
+        if series_label(cell, quantity) in present:
+            domain.append(series_label(cell, quantity))
+            shapes.append(CELL_SHAPES.get(cell, "circle") if quantity == "hidden_state" else CELL_STATE_SHAPE)
     for status in STATUS_SHAPES:
         for label in dict.fromkeys(rows.loc[rows["status"] == status, "status_label"]):
             domain.append(label)
             shapes.append(STATUS_SHAPES[status])
     shape = alt.Shape("marker:N", scale=alt.Scale(domain=domain or ["none"], range=shapes or ["circle"]),
                       legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
-    tooltip = [alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("t:Q", title="step t"),
-               alt.Tooltip("distance:Q", title="steps back"), alt.Tooltip("true_text:N", title="‖dL/dh_t‖ (true)"),
-               alt.Tooltip("norm_text:N", title=f"‖dL/dh_t‖ in {rows.attrs['dtype']}"),
+    tooltip = [alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("gradient:N", title="gradient"),
+               alt.Tooltip("t:Q", title="step t"), alt.Tooltip("distance:Q", title="steps back"),
+               alt.Tooltip("true_text:N", title="norm (true)"),
+               alt.Tooltip("norm_text:N", title=f"norm in {rows.attrs['dtype']}"),
                alt.Tooltip("status_label:N", title="status")]
     base = alt.Chart().properties(width=width, height=height)
     steps = max(1, int(rows["distance"].max() - rows["distance"].min()) + 1) if len(rows) else 1
@@ -812,7 +862,7 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
     main: list[alt.Chart] = [
         base.mark_line(strokeWidth=2, clip=True, invalid="break-paths-filter-domains").encode(
             x=x, y=alt.Y("true_line_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, strokeDash=dash,
-            detail="cell_label:N"),
+            detail="series_label:N"),
         base.transform_filter("!isValid(datum.band_row)").mark_point(size=size, filled=True, opacity=0.95).encode(
             x=x, y=alt.Y("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, shape=shape,
             tooltip=tooltip),
@@ -822,8 +872,9 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
         fits = fit_rows(rates, fitted_side)
         if not fits.empty:
             main.append(alt.Chart(fits).mark_line(strokeDash=[1, 3], strokeWidth=1.5, opacity=0.9, clip=True).encode(
-                x=x, y=alt.Y("fit_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, detail="cell_label:N",
-                tooltip=[alt.Tooltip("cell_label:N", title="cell"),
+                x=x, y=alt.Y("fit_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color,
+                detail="series_label:N",
+                tooltip=[alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("gradient:N", title="gradient"),
                          alt.Tooltip("rate_text:N", title="fitted rate per step")]))
     band = _band_group(rows, height, width, x, color, shape, tooltip, size=size)
     data = chart_data(rows)
@@ -831,6 +882,10 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
         alt.layer(*main).encode(x=x), band.encode(x=x), data=data).resolve_scale(y="independent")
     subtitle = ["Solid/dashed per cell: ‖dL/dh_t‖ per step; dotted: the fitted geometric decay norm ≈ C·rate^k. "
                 "A straight line on this log scale means a constant per-step factor."]
+    if has_cell:
+        subtitle.append("Dash-dot-dot with stars, in the cell's colour: the LSTM's cell-state gradient ‖dL/dc_t‖ at "
+                        "the same steps (c_t = f_t·c_{t-1} + i_t·g_t: each step back multiplies it by the forget "
+                        "gate, plus what reaches it through h_t).")
     notes = []
     if rows["status"].isin(["underflow", "overflow"]).any() and rows.attrs["limits"]:
         notes.append("points past the dashed line are outside " + rows.attrs["dtype"] + "'s range, drawn at their "
@@ -842,8 +897,9 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
     if notes:
         text = "; ".join(notes) + "."
         subtitle.append(text[0].upper() + text[1:])
+    what = "hidden-state gradient (and the LSTM's cell-state gradient)" if has_cell else "hidden-state gradient"
     return chart.properties(autosize=PAD, title=alt.Title(
-        "How the hidden-state gradient changes with distance from the target step", subtitle=subtitle))
+        f"How the {what} changes with distance from the target step", subtitle=subtitle))
 
 
 def jacobian_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -899,8 +955,10 @@ def jacobian_chart(frame: pd.DataFrame) -> alt.VConcatChart:
 
 
 def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:
-    """Fitted per-step rate vs weight scale, one line per cell (dash per sequence length), rate 1 marked."""
-    rows = rates[np.isfinite(rates["rate"].astype(float))].copy()
+    """Fitted per-step rate of ‖dL/dh_t‖ vs weight scale, one line per cell (dash per sequence length), rate 1
+    marked; an LSTM's cell-state rates (quantity "cell_state"), if any, are not drawn."""
+    hidden = rates[rates["quantity"] == "hidden_state"] if "quantity" in rates else rates
+    rows = hidden[np.isfinite(hidden["rate"].astype(float))].copy()
     cells = list(dict.fromkeys(rows["cell"]))
     rows["cell_label"] = rows["cell"].map(lambda c: CELL_LABELS.get(c, c))
     rows["T"] = "T = " + rows["seq_len"].astype(int).astype(str)

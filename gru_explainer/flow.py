@@ -8,6 +8,10 @@ gradient norms out against that distance k; `fit_decay_rate` estimates `rate` (t
 Distance is counted in *processing* steps of each layer and direction. The anchor (k = 0) is the last step, in
 processing order, whose state has a graph path to the target (for ``y[:, -1].sum()``: t = T-1 of a forward
 direction); steps processed after it cannot influence the target (structural zeros) and are left out.
+
+For an LSTM the profile also holds ‖dL/dc_t‖ (quantity "cell_state"), at the hidden state's distances: the cell
+path c_t = f_t·c_{t-1} + … multiplies the gradient by the forget gate only, so it can reach further back than
+dL/dh_t. Rates are fitted per quantity; `hidden_rows` keeps what the per-cell comparisons of ‖dL/dh_t‖ use.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ from .explain import explain
 from .models import SeedAnswerGRU, answer_as_gru, cell_kind, layer_params
 from .report import DIRECTIONS, GradientReport
 
-PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "t", "distance", "side", "norm",
-                   "log10_norm", "relative", "exactly_zero", "zero_cause", "underflow", "nonfinite")
+PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "quantity", "t", "distance", "side",
+                   "norm", "log10_norm", "relative", "exactly_zero", "zero_cause", "underflow", "nonfinite")
 """Columns of `decay_profile` (and of `sweep`)."""
-RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "rate", "log10_rate", "log10_intercept",
-                "points", "zero_steps", "nonfinite_steps", "anchor_norm", "anchor_t", "peak_t", "peak_log10_norm",
-                "ahead_steps")
+RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "quantity", "rate", "log10_rate",
+                "log10_intercept", "points", "zero_steps", "nonfinite_steps", "anchor_norm", "anchor_t", "peak_t",
+                "peak_log10_norm", "ahead_steps")
 """Columns of `decay_rates`."""
-GROUP_KEYS = ["cell", "seq_len", "weight_scale", "layer", "direction"]
+QUANTITIES = ("hidden_state", "cell_state")
+"""The profile's quantities: ‖dL/dh_t‖ for every cell, ‖dL/dc_t‖ for the LSTM."""
+SYMBOLS = {"hidden_state": "dL/dh_t", "cell_state": "dL/dc_t"}
+"""The gradient each quantity's norm is of, as the page writes it."""
+GROUP_KEYS = ["cell", "seq_len", "weight_scale", "layer", "direction", "quantity"]
 Progress = Callable[[float, str], None]
 """A progress callback: (fraction done in [0, 1], message)."""
 
@@ -46,18 +54,21 @@ def cell_label(cell: str) -> str:
 
 
 def decay_profile(report: GradientReport) -> pd.DataFrame:
-    """One row per (layer, direction, step) reached by the target: distance from the read step vs ‖dL/dh_t‖.
+    """One row per (layer, direction, quantity, step) reached by the target: distance from the read step vs the norm.
 
-    The anchor (distance 0) is the *read step*: the reached step where the most gradient is read directly (from y,
-    h_n or the layer above; the largest `direct_log10_norm`, the last in processing order on ties). Positive
-    distances count processing steps back from it — the side the recurrence carries the gradient to; negative ones
-    (side "ahead") are steps the gradient reaches only from the layer above (e.g. a lower layer of a bidirectional
-    model). `norm` is the dtype's value, `log10_norm` the true magnitude (finite where float32 underflowed or
-    overflowed), `relative` = true norm / true norm at the anchor. Zeros and non-finite rows stay, flagged.
+    The anchor (distance 0) is the *read step* of the hidden state: the reached step where the most gradient is
+    read directly (from y, h_n or the layer above; the largest `direct_log10_norm`, the last in processing order on
+    ties). Positive distances count processing steps back from it — the side the recurrence carries the gradient
+    to; negative ones (side "ahead") are steps the gradient reaches only from the layer above (e.g. a lower layer of
+    a bidirectional model). `quantity` is "hidden_state" (‖dL/dh_t‖) for every cell; an LSTM also has
+    "cell_state" rows (‖dL/dc_t‖) with the same anchor and distances, so both share one distance axis. `norm` is
+    the dtype's value, `log10_norm` the true magnitude (finite where float32 underflowed or overflowed), `relative`
+    = true norm / the same quantity's true norm at the anchor. Zeros and non-finite rows stay, flagged.
     """
     cfg = report.config
     frame = report.frame
     hidden = frame[frame.quantity == "hidden_state"]
+    cell = frame[frame.quantity == "cell_state"]
     parts = []
     for (layer, direction), rows in hidden.groupby(["layer", "direction"], sort=True):
         reached = rows[~rows.structurally_zero.astype(bool)]
@@ -65,25 +76,10 @@ def decay_profile(report: GradientReport) -> pd.DataFrame:
             continue
         forward = direction == DIRECTIONS[0]
         anchor = _read_step(reached, forward)
-        distance = (anchor - reached.t) if forward else (reached.t - anchor)
-        log10 = reached.log10_norm.astype(float).to_numpy()
-        anchor_log10 = float(reached.loc[reached.t == anchor, "log10_norm"].iloc[0])
-        part = pd.DataFrame({
-            "layer": int(layer),
-            "direction": direction,
-            "t": reached.t.astype(int).to_numpy(),
-            "distance": distance.astype(int).to_numpy(),
-            "norm": reached.norm.astype(float).to_numpy(),
-            "log10_norm": log10,
-            "exactly_zero": reached.exactly_zero.astype(bool).to_numpy(),
-            "zero_cause": reached.zero_cause.astype(str).to_numpy(),
-            "underflow": reached.underflow.astype(bool).to_numpy(),
-            "nonfinite": reached.nonfinite.astype(bool).to_numpy(),
-        })
-        part["side"] = np.where(part.distance >= 0, "back", "ahead")
-        with np.errstate(over="ignore", invalid="ignore"):
-            part["relative"] = np.power(10.0, log10 - anchor_log10) if math.isfinite(anchor_log10) else math.nan
-        parts.append(part.sort_values("distance"))
+        cell_rows = cell[(cell.layer == layer) & (cell.direction == direction) & ~cell.structurally_zero.astype(bool)]
+        for quantity, steps in (("hidden_state", reached), ("cell_state", cell_rows)):
+            if not steps.empty:
+                parts.append(_profile_part(steps, int(layer), str(direction), quantity, anchor, forward))
     if parts:
         out = pd.concat(parts, ignore_index=True)
     else:
@@ -92,6 +88,43 @@ def decay_profile(report: GradientReport) -> pd.DataFrame:
     out["seq_len"] = cfg.seq_len
     out["weight_scale"] = float(cfg.weight_scale)
     return out[list(PROFILE_COLUMNS)].reset_index(drop=True)
+
+
+def _profile_part(steps: pd.DataFrame, layer: int, direction: str, quantity: str, anchor: int,
+                  forward: bool) -> pd.DataFrame:
+    """The profile rows of one quantity of one layer and direction, by distance from `anchor` (processing steps)."""
+    distance = (anchor - steps.t) if forward else (steps.t - anchor)
+    log10 = steps.log10_norm.astype(float).to_numpy()
+    at_anchor = steps.loc[steps.t == anchor, "log10_norm"]
+    anchor_log10 = float(at_anchor.iloc[0]) if not at_anchor.empty else math.nan
+    part = pd.DataFrame({
+        "layer": layer,
+        "direction": direction,
+        "quantity": quantity,
+        "t": steps.t.astype(int).to_numpy(),
+        "distance": distance.astype(int).to_numpy(),
+        "norm": steps.norm.astype(float).to_numpy(),
+        "log10_norm": log10,
+        "exactly_zero": steps.exactly_zero.astype(bool).to_numpy(),
+        "zero_cause": steps.zero_cause.astype(str).to_numpy(),
+        "underflow": steps.underflow.astype(bool).to_numpy(),
+        "nonfinite": steps.nonfinite.astype(bool).to_numpy(),
+    })
+    part["side"] = np.where(part.distance >= 0, "back", "ahead")
+    with np.errstate(over="ignore", invalid="ignore"):
+        part["relative"] = np.power(10.0, log10 - anchor_log10) if math.isfinite(anchor_log10) else math.nan
+    return part.sort_values("distance")
+
+
+def with_quantity(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (a profile or rates) with a `quantity` column: profiles made before it existed are all hidden_state."""
+    return frame if "quantity" in frame else frame.assign(quantity="hidden_state")
+
+
+def hidden_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ‖dL/dh_t‖ rows of a profile or of rates: what compares every cell alike (metrics, sweeps, Jacobians)."""
+    frame = with_quantity(frame)
+    return frame[frame["quantity"] == "hidden_state"]
 
 
 def _read_step(reached: pd.DataFrame, forward: bool) -> int:
@@ -149,14 +182,15 @@ def fit_decay_rate(distance: Sequence[float] | np.ndarray, norm: Sequence[float]
 
 
 def decay_rates(profile: pd.DataFrame) -> pd.DataFrame:
-    """Per (cell, seq_len, weight_scale, layer, direction): the rate fitted on the side the gradient travels.
+    """Per (cell, seq_len, weight_scale, layer, direction, quantity): the rate fitted on the side the gradient travels.
 
-    The fit uses the true magnitudes (`log10_norm`) of the steps at distance >= 0 from the read step (`anchor_t`);
-    `peak_t` is where the true norm is largest over all reached steps (it differs from the anchor when the gradient
-    grows going back, or arrives from the layer above); `ahead_steps` counts the steps not fitted (distance < 0).
+    `quantity` is "hidden_state" (‖dL/dh_t‖) or, for an LSTM, also "cell_state" (‖dL/dc_t‖). The fit uses the
+    true magnitudes (`log10_norm`) of the steps at distance >= 0 from the read step (`anchor_t`); `peak_t` is where
+    the true norm is largest over all reached steps (it differs from the anchor when the gradient grows going back,
+    or arrives from the layer above); `ahead_steps` counts the steps not fitted (distance < 0).
     """
     rows = []
-    for keys, group in profile.groupby(GROUP_KEYS, sort=False):
+    for keys, group in with_quantity(profile).groupby(GROUP_KEYS, sort=False):
         back = group[group.distance >= 0]
         log10 = back.log10_norm.to_numpy(dtype=float)
         rate, intercept = fit_log10_decay(back.distance.to_numpy(), log10)
@@ -183,29 +217,80 @@ def decay_rates(profile: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)[list(RATE_COLUMNS)]
 
 
+def _fitted(rate: float) -> bool:
+    return math.isfinite(rate) and rate > 0
+
+
+def _change(rate: float) -> str:
+    """How a norm changes per step at `rate`: "shrinks ×0.5 per step (10× every 3.32 steps)", "keeps its size"."""
+    if rate == 1:
+        return "keeps its size"
+    way = "shrinks" if rate < 1 else "grows"
+    return f"{way} ×{rate:.3g} per step (10× every {1 / abs(math.log10(rate)):.3g} steps)"
+
+
 def describe_rate(row) -> str:
     """One sentence for one fitted rate, from its numbers: the read step, the direction back, the factor, the peak."""
     toward = "t = 0" if row.direction == DIRECTIONS[0] else "t = T−1"
-    if not math.isfinite(row.rate) or row.rate <= 0:
+    symbol = SYMBOLS[getattr(row, "quantity", "hidden_state")]
+    if not _fitted(row.rate):
         text = (f"Too few steps with a magnitude behind the read step t = {row.anchor_t} (toward {toward}) to fit a "
-                "rate")
-    elif row.rate == 1:
-        text = f"From the read step t = {row.anchor_t} back toward {toward}, ‖dL/dh_t‖ keeps its size"
+                f"rate of ‖{symbol}‖")
     else:
-        steps = 1 / abs(math.log10(row.rate))
-        way = "shrinks" if row.rate < 1 else "grows"
-        text = (f"From the read step t = {row.anchor_t} back toward {toward}, ‖dL/dh_t‖ {way} ×{row.rate:.3g} per "
-                f"step (10× every {steps:.3g} steps)")
+        text = f"From the read step t = {row.anchor_t} back toward {toward}, ‖{symbol}‖ {_change(row.rate)}"
     text += "; it peaks at " + (f"t = {row.peak_t}, the read step" if row.peak_t == row.anchor_t else
                                 f"t = {row.peak_t}, not at the read step")
-    if row.ahead_steps:
+    if row.ahead_steps and symbol == SYMBOLS["hidden_state"]:
         text += (f". {row.ahead_steps} step(s) on the other side get their gradient only from the layer above; "
                  "they are drawn (negative distance) but not fitted")
+    elif row.ahead_steps:  # a c_t read directly after h's read step (e.g. c_n): drawn, not fitted
+        text += (f". {row.ahead_steps} step(s) lie on the other side of the read step of h; they are drawn "
+                 "(negative distance) but not fitted")
     return text + "."
 
 
+CLOSE_RATES = 0.05
+"""Two rates whose log10 differ by at most this fraction of the larger count as about the same (`describe_cell_path`:
+×0.62 vs ×0.623 is no difference worth a sentence; ×0.54 vs ×0.59 is)."""
+
+
+def describe_cell_path(rates: pd.DataFrame) -> list[str]:
+    """One sentence per LSTM (layer, direction, T, weight scale) in `rates`: its fitted ‖dL/dc_t‖ rate beside its
+    ‖dL/dh_t‖ rate, and which of the two keeps more of the gradient per step back (the one nearer 1 when the
+    rates lie on different sides of 1; "about alike" when their log10 differ by at most CLOSE_RATES of the larger);
+    [] without cell-state rates."""
+    rates = with_quantity(rates)
+    keys = [k for k in GROUP_KEYS if k != "quantity"]
+    hidden = rates[rates["quantity"] == "hidden_state"].set_index(keys)["rate"]
+    lines = []
+    for row in rates[rates["quantity"] == "cell_state"].itertuples(index=False):
+        key = tuple(getattr(row, k) for k in keys)
+        h_rate = float(hidden.get(key, math.nan))
+        c_rate = float(row.rate)
+        text = f"{cell_label(row.cell)}: ‖dL/dc_t‖ "
+        text += _change(c_rate) if _fitted(c_rate) else "has too few steps with a magnitude to fit a rate"
+        text += f" vs ‖dL/dh_t‖ ×{h_rate:.3g}" if _fitted(h_rate) else " (‖dL/dh_t‖: no rate)"
+        if _fitted(c_rate) and _fitted(h_rate):
+            c_log, h_log = math.log10(c_rate), math.log10(h_rate)
+            if abs(c_log - h_log) <= CLOSE_RATES * max(abs(c_log), abs(h_log)):
+                text += ": both change at about the same rate"
+            elif c_log < 0 and h_log < 0:  # both vanish: the slower one reaches further back
+                text += (": the cell path carries the gradient further back" if c_log > h_log else
+                         ": the hidden path carries the gradient further back")
+            elif c_log > 0 and h_log > 0:
+                text += ": the cell-state gradient grows faster" if c_log > h_log else \
+                    ": the hidden-state gradient grows faster"
+            else:
+                text += (": the cell-state gradient stays nearer a constant size" if abs(c_log) < abs(h_log) else
+                         ": the hidden-state gradient stays nearer a constant size")
+        lines.append(text + ".")
+    return lines
+
+
 def describe_sweep(rates: pd.DataFrame) -> str:
-    """Which cell keeps its gradient closest to a constant size in a sweep (median fitted rate nearest 1), or ""."""
+    """Which cell keeps its gradient closest to a constant size in a sweep (median fitted rate of ‖dL/dh_t‖ nearest
+    1), or ""."""
+    rates = hidden_rows(rates)
     rate = rates["rate"].astype(float)
     fitted = rates[np.isfinite(rate) & (rate > 0)]
     if fitted["cell"].nunique() < 2:
@@ -310,7 +395,7 @@ def jacobian_profile(report: GradientReport, layer: int, direction: str, batch: 
     log10_state_norm wherever nothing but the read step injects gradient (‖Aᵀv‖ <= ‖A‖₂‖v‖).
     """
     d = DIRECTIONS.index(direction)
-    profile = decay_profile(report)
+    profile = hidden_rows(decay_profile(report))  # the steps and read step of h; ‖dL/ds_t‖ covers c itself
     rows = profile[(profile.layer == layer) & (profile.direction == direction)].sort_values("distance")
     state_size = report.config.hidden_size * (2 if report.cell_grad is not None else 1)
     limit = max_steps if max_steps is not None else jacobian_steps(state_size, report.config.seq_len)
@@ -437,7 +522,10 @@ __all__ = [
     "cell_config",
     "cell_label",
     "decay_profile",
+    "QUANTITIES",
+    "SYMBOLS",
     "decay_rates",
+    "describe_cell_path",
     "describe_rate",
     "describe_sweep",
     "describe_jacobians",
@@ -447,6 +535,8 @@ __all__ = [
     "jacobian_steps",
     "step_jacobians",
     "fit_decay_rate",
+    "hidden_rows",
     "profile_of",
     "sweep",
+    "with_quantity",
 ]

@@ -12,7 +12,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from gru_explainer import ExplainConfig, explain
-from gru_explainer.flow import cell_config, decay_profile, decay_rates, sweep
+from gru_explainer.flow import cell_config, decay_profile, decay_rates, describe_cell_path, hidden_rows, sweep
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "flow.py")
 
@@ -41,15 +41,20 @@ def _run(config: ExplainConfig | None = None) -> AppTest:
 
 def _assert_profile_matches(chart_rows: pd.DataFrame, cfg: ExplainConfig, cells: list[str], layer: int,
                             direction: str) -> None:
+    """The chart's rows of each cell are the core's profile rows, per quantity (an LSTM's dL/dc_t too)."""
     for cell in cells:
         expected = decay_profile(explain(cell_config(cfg, cell)))
         top = int(expected.layer.max())
         expected = expected[(expected.layer == min(layer, top)) & (expected.direction == direction)]
-        got = chart_rows[chart_rows.cell == cell].sort_values("distance")
-        expected = expected.sort_values("distance")
-        assert list(got.t) == list(expected.t)
-        assert list(got.distance) == list(expected.distance)
-        np.testing.assert_allclose(got.norm.astype(float), expected.norm, rtol=1e-12)
+        mine = chart_rows[chart_rows.cell == cell]
+        assert set(mine.quantity) == set(expected.quantity) == (
+            {"hidden_state", "cell_state"} if cell == "lstm" else {"hidden_state"})
+        for quantity in set(expected.quantity):
+            got = mine[mine.quantity == quantity].sort_values("distance")
+            want = expected[expected.quantity == quantity].sort_values("distance")
+            assert list(got.t) == list(want.t)
+            assert list(got.distance) == list(want.distance)
+            np.testing.assert_allclose(got.norm.astype(float), want.norm, rtol=1e-12)
 
 
 def test_defaults_run_and_chart_data_matches_the_core() -> None:
@@ -77,21 +82,61 @@ def test_defaults_run_and_chart_data_matches_the_core() -> None:
         np.testing.assert_allclose(got.log10.astype(float), expected.sort_values("distance").log10_state_norm,
                                    rtol=1e-9)
     assert sum(c.value.startswith(("GRU:", "LSTM:", "RNN")) and "σ_max is" in c.value for c in at.caption) == 4
-    # Metrics: the fitted rate per cell, equal to the core's fit.
+    # Metrics: the fitted rate of dL/dh_t per cell, equal to the core's fit.
     rates = decay_rates(sweep(cfg, cells=["gru", "lstm", "rnn_tanh", "rnn_relu"]))
-    top = rates[rates.layer == 1].set_index("cell").rate
+    top = hidden_rows(rates[rates.layer == 1]).set_index("cell").rate
     assert [m.label for m in at.metric] == ["GRU", "LSTM", "RNN tanh", "RNN relu"]
     for metric, cell in zip(at.metric, ["gru", "lstm", "rnn_tanh", "rnn_relu"], strict=True):
         assert metric.value == f"×{top[cell]:.3g}"
     # The sweep: rates for weight scales 0.5, 1, 2 at T = 10.
     sweep_rows = dataset_with(charts[3], "cell", "weight_scale", "rate")
     assert sorted(set(sweep_rows.weight_scale)) == [0.5, 1.0, 2.0]
-    expected = decay_rates(sweep(cfg, weight_scales=[0.5, 1.0, 2.0]))
+    expected = hidden_rows(decay_rates(sweep(cfg, weight_scales=[0.5, 1.0, 2.0])))
     expected = expected[expected.layer == 1]
     merged = sweep_rows.merge(expected, on=["cell", "seq_len", "weight_scale"], suffixes=("", "_core"))
     assert len(merged) == len(expected) == 12
     np.testing.assert_allclose(merged.rate, merged.rate_core, rtol=1e-12)
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 4
+
+
+def test_lstm_shows_the_cell_state_line_and_its_rate_beside_the_hidden_state() -> None:
+    """The decay chart of an LSTM carries its dL/dc_t line (the core's numbers) with its own dash and shape, and the
+    page says how fast each decays, with the core's fitted rates."""
+    cfg = ExplainConfig(cell="lstm")
+    at = _run(cfg)
+    at.multiselect(key="flow.cells").set_value(["lstm", "gru"]).run()
+    assert not at.exception and not at.error
+    chart = at.get("vega_lite_chart")[0]
+    rows = dataset_with(chart, "cell", "distance", "norm")
+    _assert_profile_matches(rows, cfg, ["lstm", "gru"], layer=1, direction="forward")
+    cell_rows = rows[rows.quantity == "cell_state"]
+    assert set(cell_rows.series_label) == {"LSTM dL/dc_t"} and set(cell_rows.cell) == {"lstm"}
+    spec = json.dumps(chart_spec(chart))
+    assert '"LSTM dL/dc_t"' in spec
+    # The page's sentence: the core's rates of both quantities of the top layer.
+    rates = decay_rates(decay_profile(explain(cfg)))
+    top = rates[rates.layer == 1].set_index("quantity").rate
+    expected = describe_cell_path(rates[rates.layer == 1])
+    sentences = [c.value for c in at.caption if "‖dL/dc_t‖" in c.value and c.value.startswith("LSTM:")]
+    assert sentences == expected
+    assert f"×{top.cell_state:.3g} per step" in sentences[0] and f"‖dL/dh_t‖ ×{top.hidden_state:.3g}" in sentences[0]
+    assert any("dL/dc_t" in h.value for h in at.subheader)
+    # Only dL/dh_t in the metrics and the sweep: one per cell.
+    assert [m.label for m in at.metric] == ["LSTM", "GRU"]
+    sweep_rows = dataset_with(at.get("vega_lite_chart")[3], "cell", "weight_scale", "rate")
+    assert len(sweep_rows) == 2 * 3 and len(at.dataframe[0].value) == 2
+
+
+def test_without_an_lstm_no_cell_state_is_drawn_or_described() -> None:
+    at = _run()
+    at.multiselect(key="flow.cells").set_value(["gru", "rnn_tanh"]).run()
+    assert not at.exception and not at.error
+    rows = dataset_with(at.get("vega_lite_chart")[0], "cell", "distance", "norm")
+    assert set(rows.quantity) == {"hidden_state"}
+    intro = at.caption[0].value
+    assert intro.startswith("Backpropagation through time") and "For an LSTM the chart also draws" in intro
+    assert not any("dL/dc_t" in c.value for c in at.caption[1:])  # no chart subtitle or sentence about it
+    assert not any("dL/dc_t" in h.value for h in at.subheader)
 
 
 def test_lstm_bidirectional_reverse_direction_and_target() -> None:

@@ -478,3 +478,95 @@ def test_fluid_panels_render_in_vega_at_phone_and_desktop_widths(lstm_report) ->
                 svg = vlc.vegalite_to_svg(json.dumps(fixed))
                 drawn = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
                 assert drawn <= width + 1, (width, drawn)
+
+
+@pytest.fixture(scope="module")
+def lstm_gru_profile() -> pd.DataFrame:
+    """The flow page's decay profile of an LSTM (with its dL/dc_t rows) beside a GRU, top layer."""
+    from gru_explainer.flow import cell_config, decay_profile
+
+    base = ExplainConfig(num_layers=1, hidden_size=8, seq_len=12, batch_size=2, dtype="float64")
+    return pd.concat([decay_profile(explain(cell_config(base, cell))) for cell in ("lstm", "gru")],
+                     ignore_index=True)
+
+
+def _decay_encodings(chart_spec: dict, channel: str) -> list[dict]:
+    return [n["encoding"][channel] for n in _walk_nodes(chart_spec)
+            if isinstance(n.get("encoding"), dict) and isinstance(n["encoding"].get(channel), dict)]
+
+
+def test_decay_chart_draws_the_lstm_cell_state_as_its_own_line(lstm_gru_profile) -> None:
+    """dL/dc_t rows become the line "LSTM dL/dc_t": the LSTM's colour, a dash and a point shape of its own, the
+    same log value axis, and a fitted line of its own; every plotted value is positive (log axis)."""
+    from gru_explainer.charts import (
+        CELL_COLORS,
+        CELL_DASHES,
+        CELL_SHAPES,
+        CELL_STATE_DASH,
+        CELL_STATE_SHAPE,
+        decay_chart,
+        decay_rows,
+    )
+    from gru_explainer.flow import decay_rates
+
+    profile = lstm_gru_profile
+    rows = decay_rows(profile)
+    cell_rows = rows[rows.quantity == "cell_state"]
+    expected = profile[profile.quantity == "cell_state"]
+    assert set(cell_rows.series_label) == {"LSTM dL/dc_t"} and len(cell_rows) == len(expected) > 0
+    np.testing.assert_allclose(cell_rows.norm.astype(float), expected.norm, rtol=1e-12)
+    assert set(rows[rows.quantity == "hidden_state"].series_label) == {"LSTM", "GRU"}
+    s = spec(decay_chart(profile, decay_rates(profile)))
+    dashes = [e for e in _decay_encodings(s, "strokeDash") if e.get("field") == "series_label"]
+    assert dashes
+    for dash in dashes:
+        by_label = dict(zip(dash["scale"]["domain"], dash["scale"]["range"], strict=True))
+        assert by_label == {"LSTM": CELL_DASHES["lstm"], "LSTM dL/dc_t": CELL_STATE_DASH, "GRU": CELL_DASHES["gru"]}
+        assert len({json.dumps(v) for v in by_label.values()}) == 3 and CELL_STATE_DASH != [1, 3]  # nor the fit's
+    for color in (e for e in _decay_encodings(s, "color") if e.get("field") == "series_label"):
+        by_label = dict(zip(color["scale"]["domain"], color["scale"]["range"], strict=True))
+        assert by_label["LSTM"] == by_label["LSTM dL/dc_t"] == CELL_COLORS["lstm"] != by_label["GRU"]
+    shapes = [e for e in _decay_encodings(s, "shape") if e.get("field") == "marker"]
+    assert shapes
+    for shape in shapes:
+        by_label = dict(zip(shape["scale"]["domain"], shape["scale"]["range"], strict=True))
+        assert by_label["LSTM dL/dc_t"] == CELL_STATE_SHAPE != by_label["LSTM"] == CELL_SHAPES["lstm"]
+        assert CELL_STATE_SHAPE not in set(CELL_SHAPES.values()) | set(STATUS_SHAPES.values())
+    values = [v for d in s["datasets"].values() for v in d]
+    fits = {v["series_label"] for v in values if "fit_y" in v}
+    assert fits == {"LSTM", "LSTM dL/dc_t", "GRU"}
+    plotted = [v[k] for v in values for k in ("plot_y", "true_line_y", "fit_y") if v.get(k) is not None]
+    assert plotted and min(plotted) > 0
+    assert all(e["scale"]["type"] == "log" for e in _decay_encodings(s, "y")
+               if e.get("field") in ("plot_y", "true_line_y", "fit_y"))
+    assert "cell-state gradient" in s["title"]["text"] and any("‖dL/dc_t‖" in line for line in s["title"]["subtitle"])
+    gru_only = spec(decay_chart(profile[profile.cell == "gru"]))
+    assert "dL/dc_t" not in json.dumps(gru_only)
+
+
+def test_decay_chart_puts_a_zero_cell_state_in_its_own_band_row(lstm_gru_profile) -> None:
+    from gru_explainer.charts import decay_chart, decay_rows
+
+    profile = lstm_gru_profile.copy()
+    zero = profile.index[(profile.quantity == "cell_state")][3]
+    profile.loc[zero, ["norm", "log10_norm", "exactly_zero", "zero_cause"]] = [0.0, -math.inf, True, "zero_on_path"]
+    rows = decay_rows(profile)
+    assert rows.attrs["band_labels"] == ["LSTM dL/dc_t = 0"]
+    assert rows.band_row[zero] == 0 and rows.status[zero] == "zero_on_path"
+    assert "LSTM dL/dc_t = 0" in json.dumps(spec(decay_chart(profile)))
+
+
+def test_decay_chart_with_a_cell_state_fits_a_phone_and_a_desktop(lstm_gru_profile) -> None:
+    """The LSTM's longer legend entries wrap: the panel renders no wider than a phone's or a desktop's column."""
+    vlc = pytest.importorskip("vl_convert")
+    from gru_explainer.charts import decay_chart
+    from gru_explainer.flow import decay_rates
+
+    layout = page_layout(spec(decay_chart(lstm_gru_profile, decay_rates(lstm_gru_profile))))
+    [[(_, panel)]] = layout["rows"]
+    _assert_fluid(panel)
+    for width in (358, 900):
+        svg = vlc.vegalite_to_svg(json.dumps({**panel, "width": width}))
+        drawn = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
+        assert drawn <= width + 1, (width, drawn)
+        assert "LSTM dL/dc_t" in svg

@@ -21,16 +21,22 @@ from gru_explainer.flow import (
     cell_label,
     decay_profile,
     decay_rates,
+    describe_cell_path,
     describe_jacobians,
     describe_rate,
     describe_sweep,
     fit_decay,
     fit_decay_rate,
+    fit_log10_decay,
+    hidden_rows,
     jacobian_profile,
     step_jacobians,
     sweep,
 )
 from gru_explainer.models import build, layer_params
+from gru_explainer.target import parse_target
+
+from .reference import unrolled_step_grads
 
 SMALL = ExplainConfig(cell="gru", num_layers=2, hidden_size=8, seq_len=6, batch_size=2)
 
@@ -144,7 +150,9 @@ def test_sweep_covers_every_combination_and_reports_progress() -> None:
     assert set(frame[frame.cell == "gru"].layer) == {0, 1}
     rates = decay_rates(frame)
     assert list(rates.columns) == list(RATE_COLUMNS)
-    assert len(rates) == 2 * 2 * (2 + 2 + 1)
+    assert len(hidden_rows(rates)) == 2 * 2 * (2 + 2 + 1)  # per combination: the layers of each cell
+    assert set(rates[rates.quantity == "cell_state"].cell) == {"lstm"}
+    assert len(rates[rates.quantity == "cell_state"]) == 2 * 2 * 2  # the LSTM's two layers
 
 
 def test_sweep_uses_the_profile_callable_and_defaults_to_the_base_values() -> None:
@@ -341,3 +349,112 @@ def test_describe_jacobians_follows_the_numbers() -> None:
     assert ("far more than their norms" in text) == (
         back.log10_state_norm.iloc[-1] - back.log10_state_norm.iloc[0]
         < back.log10_bound.iloc[-1] - back.log10_bound.iloc[0] - 1)
+
+
+LSTM_CFG = ExplainConfig(cell="lstm", num_layers=2, bidirectional=True, hidden_size=5, input_size=3, seq_len=7,
+                         batch_size=2, dtype="float64", target="y[:, 3].sum()", seed=4)
+
+
+def test_lstm_cell_state_rows_equal_a_hand_unrolled_reference() -> None:
+    """‖dL/dc_t‖ of every (layer, direction, step) the profile holds equals autograd through nn.LSTMCell steps (the
+    gradient of a zero perturbation added to each c_t), and the rows' distances are the hidden rows' distances."""
+    report = explain(LSTM_CFG)
+    profile = decay_profile(report)
+    assert set(profile.quantity) == {"hidden_state", "cell_state"}
+    target = parse_target(LSTM_CFG.target)
+    ref = unrolled_step_grads(report.module, report.inputs,
+                              lambda y, h_n, c_n: target.evaluate({"y": y, "h_n": h_n, "c_n": c_n}))
+    cells = profile[profile.quantity == "cell_state"]
+    assert len(cells) > 0
+    for row in cells.itertuples():
+        d = 0 if row.direction == "forward" else 1
+        expected = ref["cell"][row.layer, d, :, row.t, :].norm().item()  # [B, H] of step t
+        assert row.norm == pytest.approx(expected, rel=1e-10, abs=0.0), (row.layer, row.direction, row.t)
+        assert row.log10_norm == pytest.approx(math.log10(expected), rel=1e-10, abs=1e-12)
+    for (layer, direction), group in profile.groupby(["layer", "direction"]):
+        d = 0 if direction == "forward" else 1
+        hidden = group[group.quantity == "hidden_state"].set_index("t")
+        cell = group[group.quantity == "cell_state"].set_index("t")
+        # The steps whose c_t reaches the target are exactly those whose reference gradient is not all 0.
+        reached = [t for t in range(LSTM_CFG.seq_len) if ref["cell"][layer, d, :, t, :].abs().max() > 0]
+        assert sorted(cell.index) == reached, (layer, direction)
+        shared = hidden.index.intersection(cell.index)
+        assert len(shared) > 0
+        assert (cell.loc[shared, "distance"] == hidden.loc[shared, "distance"]).all()  # one x axis
+        assert (cell.side == np.where(cell.distance >= 0, "back", "ahead")).all()
+        anchor = int(hidden.index[hidden.distance == 0][0])
+        assert cell.loc[anchor, "relative"] == pytest.approx(1.0)  # relative to c's own size at the read step
+        np.testing.assert_allclose(cell.relative, cell.norm / cell.loc[anchor, "norm"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu", "answer_gru"])
+def test_cells_without_a_cell_state_have_hidden_rows_only(cell: str) -> None:
+    profile = decay_profile(explain(cell_config(SMALL, cell)))
+    assert set(profile.quantity) == {"hidden_state"}
+    assert set(decay_rates(profile).quantity) == {"hidden_state"}
+    assert describe_cell_path(decay_rates(profile)) == []
+
+
+def test_cell_state_rates_are_fitted_on_their_own_rows_and_described_from_them() -> None:
+    report = explain(LSTM_CFG.replace(bidirectional=False, target="y[:, -1].sum()", seq_len=12))
+    profile = decay_profile(report)
+    rates = decay_rates(profile)
+    assert len(rates) == 2 * 2  # two layers × (h, c)
+    for row in rates.itertuples(index=False):
+        rows = profile[(profile.layer == row.layer) & (profile.quantity == row.quantity) & (profile.distance >= 0)]
+        rate, intercept = fit_log10_decay(rows.distance, rows.log10_norm)
+        assert row.rate == pytest.approx(rate, rel=1e-12) and row.log10_intercept == pytest.approx(intercept)
+        assert f"‖{'dL/dc_t' if row.quantity == 'cell_state' else 'dL/dh_t'}‖" in describe_rate(row)
+    lines = describe_cell_path(rates)
+    assert len(lines) == 2
+    for layer, line in enumerate(lines):
+        by = rates[rates.layer == layer].set_index("quantity").rate
+        assert line.startswith(f"LSTM: ‖dL/dc_t‖ {'shrinks' if by.cell_state < 1 else 'grows'} "
+                               f"×{by.cell_state:.3g} per step")
+        assert f"vs ‖dL/dh_t‖ ×{by.hidden_state:.3g}" in line
+        logs = np.log10([by.cell_state, by.hidden_state])
+        if abs(logs[0] - logs[1]) <= 0.05 * np.abs(logs).max():
+            assert "about the same rate" in line
+        elif by.cell_state < 1 and by.hidden_state < 1:
+            further = "cell" if by.cell_state > by.hidden_state else "hidden"
+            assert f"the {further} path carries the gradient further back" in line
+    # Hidden-state comparisons ignore the cell rows: the sweep sentence and the Jacobians' steps.
+    assert describe_sweep(rates) == describe_sweep(hidden_rows(rates))
+    jac = jacobian_profile(report, 1, "forward")
+    assert list(jac.distance) == list(range(len(jac)))
+
+
+def test_describe_cell_path_words_follow_the_rates() -> None:
+    base = {"cell": "lstm", "seq_len": 5, "weight_scale": 1.0, "layer": 0, "direction": "forward"}
+
+    def line(h_rate: float, c_rate: float) -> str:
+        (text,) = describe_cell_path(pd.DataFrame([{**base, "quantity": "hidden_state", "rate": h_rate},
+                                                   {**base, "quantity": "cell_state", "rate": c_rate}]))
+        return text
+
+    assert "the cell path carries the gradient further back" in line(0.5, 0.9)
+    assert "the hidden path carries the gradient further back" in line(0.9, 0.5)
+    assert "the cell-state gradient grows faster" in line(1.5, 2.0)
+    assert "the cell-state gradient stays nearer a constant size" in line(0.5, 1.1)
+    assert "the hidden-state gradient stays nearer a constant size" in line(1.1, 0.5)
+    assert "keeps its size" in line(0.5, 1.0)
+    assert "both change at about the same rate" in line(0.62, 0.623)
+    assert "both change at about the same rate" not in line(0.539, 0.587)
+    assert "too few steps" in line(0.5, math.nan) and "no rate" in line(math.nan, 0.5)
+
+
+def test_a_cell_state_read_after_the_hidden_read_step_is_drawn_ahead_and_not_fitted() -> None:
+    """Target c_n: the top layer's h_{T-1} cannot reach it, so h's read step is T-2 and c_{T-1} lies one step ahead
+    (distance -1) on the shared axis; it is not fitted and its sentence does not blame the layer above."""
+    cfg = SMALL.replace(cell="lstm", target="c_n.sum()")
+    profile = decay_profile(explain(cfg))
+    top = profile[profile.layer == 1]
+    last = cfg.seq_len - 1
+    assert last not in set(top[top.quantity == "hidden_state"].t)
+    ahead = top[(top.quantity == "cell_state") & (top.t == last)]
+    assert list(ahead.distance) == [-1] and list(ahead.side) == ["ahead"]
+    rates = decay_rates(top)
+    (row,) = rates[rates.quantity == "cell_state"].itertuples(index=False)
+    assert row.ahead_steps == 1 and row.points == cfg.seq_len - 1
+    text = describe_rate(row)
+    assert "1 step(s) lie on the other side of the read step of h" in text and "layer above" not in text
