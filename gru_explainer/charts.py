@@ -683,9 +683,9 @@ CELL_COLORS = {"gru": "#0072B2", "lstm": "#009E73", "rnn_tanh": "#E69F00", "rnn_
 CELL_SHAPES = {"gru": "circle", "lstm": "diamond", "rnn_tanh": "triangle-right", "rnn_relu": "triangle-left",
                "answer_gru": "wedge"}
 CELL_DASHES = {"gru": [1, 0], "lstm": [7, 3], "rnn_tanh": [3, 2], "rnn_relu": [8, 3, 2, 3], "answer_gru": [4, 4]}
-STAR_SHAPE = ("M0,-1L0.235,-0.324L0.951,-0.309L0.38,0.124L0.588,0.809L0,0.4L-0.588,0.809L-0.38,0.124L-0.951,-0.309"
-              "L-0.235,-0.324Z")
-"""A five-pointed star, a shape no cell or cause uses."""
+STAR_SHAPE = ("M0,-1L0.294,-0.405L0.951,-0.309L0.476,0.155L0.588,0.809L0,0.5L-0.588,0.809L-0.476,0.155L-0.951,-0.309"
+              "L-0.294,-0.405Z")
+"""A five-pointed star (inner radius 0.5: about as much ink as the other shapes), a shape no cell or cause uses."""
 CELL_STATE_SHAPE = STAR_SHAPE
 CELL_STATE_DASH = [10, 3, 2, 3, 2, 3]
 """The decay chart's ‖dL/dc_t‖ line (LSTM): the cell's colour with a dash-dot-dot no cell line and no fitted
@@ -837,8 +837,10 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
     y_title = ("‖dL/dh_t‖, ‖dL/dc_t‖" if has_cell else "‖dL/dh_t‖") + " (L2 over batch × units, log scale)"
     y_scale, y_axis = _y_scale(rows), _log_axis(rows)
     color_scale, dash_scale = _line_scales(order)
-    color = alt.Color("series_label:N", scale=color_scale, legend=_legend("cell", symbolType="stroke"))
-    dash = alt.StrokeDash("series_label:N", scale=dash_scale, legend=_legend("cell", symbolType="stroke"))
+    # Long legend strokes (20 px): enough of each dash pattern to tell an LSTM's two lines apart.
+    line_legend = _legend("cell", symbolType="stroke", symbolSize=400)
+    color = alt.Color("series_label:N", scale=color_scale, legend=line_legend)
+    dash = alt.StrokeDash("series_label:N", scale=dash_scale, legend=line_legend)
     present = list(dict.fromkeys(rows["marker"]))
     domain, shapes = [], []
     for cell, quantity in order:
