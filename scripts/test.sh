@@ -2,7 +2,7 @@
 # Sets up everything the tests need on a fresh Debian machine, then runs the whole suite.
 # Test tools come from requirements-test.txt; the end-to-end tests drive Debian's Chromium
 # (/usr/bin/chromium) through the playwright package, so Chromium is installed with apt-get
-# when it is missing (needs root or sudo). Extra arguments go to pytest.
+# when it is missing (needs root or sudo). Extra arguments go to pytest (`-n 0` runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
@@ -12,4 +12,6 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
-python3 -m pytest "$@"
+# One pytest-xdist worker per core: the end-to-end tests run in order on one of them, every other
+# test file goes to whichever worker is free (tests/conftest.py groups them).
+python3 -m pytest -n auto --dist loadgroup "$@"
