@@ -14,4 +14,4 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 # One pytest-xdist worker per core: the end-to-end tests run in order on one of them, every other
 # test file goes to whichever worker is free (tests/conftest.py groups them).
-python3 -m pytest -n auto --dist loadgroup "$@"
+python3 -m pytest -n auto --dist loadscope "$@"

@@ -1,15 +1,34 @@
-"""Test-run layout for pytest-xdist (scripts/test.sh runs `pytest -n auto --dist loadgroup`): every end-to-end test
-in one group, so one worker runs them in order against its one Streamlit server and the timed ones never share the
-browser with another server; every other test file is a group of its own, so a module's expensive fixture (e.g.
-test_snippet's runs) is built once, on one worker. Without xdist the markers do nothing."""
+"""How pytest-xdist shares the tests out (scripts/test.sh runs `pytest -n auto --dist loadscope`): every end-to-end
+test is one work unit, so one worker runs them in order against its one Streamlit server and the timed ones never
+share the machine with a second server; every other test file is a unit of its own, so a module's expensive fixture
+(e.g. test_snippet's runs) is built once, on one worker. Without xdist this file does nothing.
+
+(`--dist loadgroup` with xdist_group marks would say the same, but xdist 3.8 names the groups through a node
+attribute pytest 9 no longer reads, so the groups are given here, through xdist's own scheduler hook.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+E2E = "tests/e2e/"
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its xdist group: "e2e", or its file."""
-    for item in items:
-        group = "e2e" if item.get_closest_marker("e2e") else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test belongs to: "tests/e2e/" for every browser test, else its file."""
+    path = nodeid.split("::", 1)[0]
+    return E2E if path.startswith(E2E) else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadscope`: xdist's scope scheduler, its units as `work_unit` says; otherwise xdist's default."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class E2ETogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return E2ETogether(config, log)
