@@ -4,7 +4,6 @@ notices and the defaults, without disturbing the others."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote
 
 import pytest
@@ -39,7 +38,6 @@ def test_eight_sessions_at_once_each_see_their_own_numbers(browser, base_url):
     expected = [explain(cfg).target_value for cfg in SESSIONS]
     assert len({f"{v:.6g}" for v in expected}) == len(SESSIONS), "the sessions' target values must be distinct"
     contexts = [new_context(browser) for _ in range(len(SESSIONS) + 1)]
-    start = time.monotonic()
     try:
         tabs = [ctx.new_page() for ctx in contexts]
         # Navigate every session before waiting on any: the server runs their scripts concurrently.
@@ -63,7 +61,7 @@ def test_eight_sessions_at_once_each_see_their_own_numbers(browser, base_url):
         default = explain(ExplainConfig(seed=2))
         assert f"{verdict_value(verdict_line(hostile).inner_text()):.6g}" == f"{default.target_value:.6g}"
         assert "script" not in hostile.url and "1e309" not in hostile.url  # the URL was cleaned
-        assert time.monotonic() - start < 120
+        # (no bound on the total time: timings are benchmarks, never assertions; each page's wait has its timeout)
     finally:
         for ctx in contexts:
             ctx.close()
