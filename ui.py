@@ -288,9 +288,38 @@ def show_chart(chart: Any) -> None:
     show_layout(charts.page_layout(chart if isinstance(chart, dict) else chart.to_dict(validate=False)))
 
 
+CHART_TEXT_COLOUR = "currentColor"
+"""Chart text is drawn in the page's own text colour (the CSS `color` the chart inherits from Streamlit's theme), so
+it follows the visitor's light or dark theme in the browser, even when they switch it, without a rerun. Streamlit's
+chart theme draws it in a fixed grey instead (#808495: 3.7:1 on white, below WCAG AA's 4.5:1)."""
+CHART_LABEL_OPACITY = 0.75
+"""Axis and legend labels are muted against titles: the text colour at 75 % is 8.0:1 on the light theme's white (its
+text #181614, .streamlit/config.toml) and 8.9:1 on the dark theme's #171614 (tests/e2e/test_contrast.py measures)."""
+CHART_TEXT_CONFIG = {
+    "axis": {"labelColor": CHART_TEXT_COLOUR, "titleColor": CHART_TEXT_COLOUR, "labelOpacity": CHART_LABEL_OPACITY},
+    "legend": {"labelColor": CHART_TEXT_COLOUR, "titleColor": CHART_TEXT_COLOUR, "labelOpacity": CHART_LABEL_OPACITY},
+    "title": {"color": CHART_TEXT_COLOUR, "subtitleColor": CHART_TEXT_COLOUR},
+    "header": {"labelColor": CHART_TEXT_COLOUR, "titleColor": CHART_TEXT_COLOUR},
+}
+"""The Vega-Lite config `themed_spec` adds to every chart the pages draw (Streamlit's theme leaves a title's subtitle
+black, unreadable on the dark theme)."""
+
+
+def themed_spec(spec: dict) -> dict:
+    """`spec` with CHART_TEXT_CONFIG under its own config (a chart's own setting wins): readable text in both themes.
+
+    The colours belong here, not in `gru_explainer.charts`: the core's charts stay theme-agnostic (the CLI writes
+    them to files)."""
+    config = dict(spec.get("config", {}))
+    for section, defaults in CHART_TEXT_CONFIG.items():
+        config[section] = {**defaults, **config.get(section, {})}
+    return {**spec, "config": config}
+
+
 def show_layout(layout: dict) -> None:
     """Draw a `charts.page_layout`: the title and subtitle as text (it wraps on any screen), then each row's panels
-    side by side in columns filling the page (Streamlit stacks columns on a phone), every panel labelled."""
+    side by side in columns filling the page (Streamlit stacks columns on a phone), every panel labelled, its
+    text in the theme's colour (`themed_spec`)."""
     if layout["title"]:
         st.markdown(f"**{md_escape(layout['title'])}**")
     if layout["subtitle"]:
@@ -301,7 +330,7 @@ def show_layout(layout: dict) -> None:
             with column:
                 if labelled and label:
                     st.markdown(f"**{md_escape(label)}**")
-                st.vega_lite_chart(spec=spec, width="stretch")
+                st.vega_lite_chart(spec=themed_spec(spec), width="stretch")
 
 
 @st.cache_data(max_entries=256, max_size=hosting.cache_budget("profile"), show_spinner=False)
@@ -499,4 +528,5 @@ def config_sidebar() -> ExplainConfig:
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
            "file_stem", "glossary", "literal", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
-           "run_ended", "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice"]
+           "run_ended", "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice",
+           "themed_spec"]

@@ -340,3 +340,30 @@ def test_glossary_defines_the_terms() -> None:
     for term in ("twin", "adjoint", "anchor / read step", "TF32", "reserve space", "structural zero",
                  "zero on a path", "underflow"):
         assert len(ui.GLOSSARY[term]) > 40
+
+
+def test_every_chart_draws_its_text_in_the_theme_colour(at: AppTest) -> None:
+    """Each chart the page sends carries ui.CHART_TEXT_CONFIG: axis, legend and title text in the page's own text
+    colour (currentColor, so it follows the light / dark theme), labels muted; tests/e2e/test_contrast.py measures
+    the contrast in a browser."""
+    import ui
+
+    run(at)
+    elements = at.get("vega_lite_chart")
+    assert elements
+    for element in elements:
+        config = chart_spec(element)["config"]
+        for section, wanted in ui.CHART_TEXT_CONFIG.items():
+            assert wanted.items() <= config[section].items(), (section, config.get(section))
+
+
+def test_themed_spec_keeps_a_charts_own_config() -> None:
+    """themed_spec adds the text colours under the chart's own config: its settings win, the input is not changed."""
+    import ui
+
+    spec = {"mark": "line", "config": {"axis": {"labelColor": "red", "grid": False}, "legend": {"orient": "top"}}}
+    themed = ui.themed_spec(spec)
+    assert themed["config"]["axis"] == {**ui.CHART_TEXT_CONFIG["axis"], "labelColor": "red", "grid": False}
+    assert themed["config"]["legend"]["orient"] == "top" and themed["config"]["legend"]["labelColor"] == "currentColor"
+    assert themed["config"]["title"]["subtitleColor"] == "currentColor" and themed["mark"] == "line"
+    assert spec["config"] == {"axis": {"labelColor": "red", "grid": False}, "legend": {"orient": "top"}}

@@ -79,3 +79,53 @@ def type_into(tab: Any, text_input: Any, text: str) -> None:
     text_input.fill(text)
     text_input.press("Enter")
     settle(tab)
+
+
+AA_CONTRAST = 4.5
+"""WCAG 2.x level AA: the least contrast ratio for normal-size text (chart labels and captions are all small)."""
+CSS_RGB = re.compile(r"rgba?\(\s*([\d.]+)[\s,]+([\d.]+)[\s,]+([\d.]+)(?:\s*[,/]\s*([\d.]+%?))?\s*\)")
+
+
+def parse_colour(colour: str) -> tuple[float, float, float, float]:
+    """(r, g, b, alpha) of a CSS colour as browsers compute it ("rgb(…)", "rgba(…)") or as hex ("#rgb", "#rrggbb",
+    "#rrggbbaa"): channels 0..255, alpha 0..1. Raises ValueError on anything else (e.g. "none", a name)."""
+    text = colour.strip().lower()
+    if text.startswith("#") and len(text) in (4, 5, 7, 9):
+        digits = text[1:] if len(text) > 5 else "".join(c * 2 for c in text[1:])
+        channels = [int(digits[i:i + 2], 16) for i in range(0, len(digits), 2)]
+        return (*map(float, channels[:3]), channels[3] / 255 if len(channels) == 4 else 1.0)
+    match = CSS_RGB.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a colour this test can read: {colour!r}")
+    red, green, blue, alpha = match.groups()
+    opacity = 1.0 if alpha is None else float(alpha[:-1]) / 100 if alpha.endswith("%") else float(alpha)
+    return float(red), float(green), float(blue), opacity
+
+
+def composite(top: tuple[float, ...], bottom: tuple[float, ...], opacity: float = 1.0) -> tuple[float, float, float]:
+    """The opaque colour a browser shows for `top` (r, g, b[, alpha]) drawn at `opacity` over opaque `bottom`:
+    source-over in sRGB, as browsers blend."""
+    alpha = (top[3] if len(top) > 3 else 1.0) * opacity
+    return tuple(alpha * t + (1 - alpha) * b for t, b in zip(top[:3], bottom[:3], strict=True))  # type: ignore
+
+
+def relative_luminance(rgb: tuple[float, ...]) -> float:
+    """WCAG 2.x relative luminance of an sRGB colour (channels 0..255): linearise each channel, weight 0.2126 /
+    0.7152 / 0.0722."""
+    def linear(channel: float) -> float:
+        value = channel / 255
+        return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (linear(c) for c in rgb[:3])
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+def contrast_ratio(first: tuple[float, ...], second: tuple[float, ...]) -> float:
+    """WCAG 2.x contrast ratio (L_light + 0.05) / (L_dark + 0.05) of two opaque colours: 1 (same) to 21."""
+    lighter, darker = sorted((relative_luminance(first), relative_luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def hex_colour(rgb: tuple[float, ...]) -> str:
+    """An opaque colour as #rrggbb (for failure messages)."""
+    return "#" + "".join(f"{round(c):02x}" for c in rgb[:3])
