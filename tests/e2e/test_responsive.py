@@ -88,7 +88,7 @@ def test_dark_theme_draws_chart_text_in_the_theme(browser, base_url) -> None:
         colours = tab.evaluate("""() => {
             const app = getComputedStyle(document.querySelector('[data-testid="stApp"]')).backgroundColor;
             const label = document.querySelector('[data-testid="stVegaLiteChart"] g.role-axis-label text');
-            return [app, label ? label.getAttribute('fill') || getComputedStyle(label).fill : null];
+            return [app, label ? getComputedStyle(label).fill : null];  // computed: the attribute is currentColor
         }""")
         def luminance(colour: str) -> float:
             if colour.startswith("#"):
