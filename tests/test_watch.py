@@ -581,3 +581,33 @@ def test_distributed_data_parallel_two_processes(tmp_path, monkeypatch) -> None:
         assert result["names"] == ["module.rnn"] * DDP_STEPS  # each rank records its own calls
         assert result["hidden"][0].shape == (2, 1, DDP_SHARD, 5, 6)
     assert not torch.equal(ranks[0]["hidden"][0], ranks[1]["hidden"][0])  # different shards, different gradients
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_watched_step_leaves_nothing_behind_once_its_recording_is_dropped(cell, packed) -> None:
+    """A training loop that watches every K-th step must not keep every recording alive: once the caller drops
+    the recording, its calls, reports and tensors are freed by the collector (a cycle through autograd's C++ graph
+    would be invisible to gc and live for good: the report's states were once stacked from the Function's own
+    output y, so they had a grad_fn leading back to the node that holds the call)."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    rnn = cell(3, 5, batch_first=True)
+    x = torch.randn(4, 6, 3)
+    lengths = torch.tensor([6, 3, 5, 1])
+    calls, tensors = [], []
+    for _ in range(3):
+        with gx.watch(rnn) as rec:
+            inputs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False) if packed else x
+            y, finals = rnn(inputs)
+            (y.data if packed else y).square().sum().backward()
+        call = rec.calls[0]
+        assert not call.report.hidden_states.requires_grad and call.verdict()  # the report, as train() builds it
+        calls.append(weakref.ref(call))
+        tensors.append(weakref.ref(call.hidden_grad))
+        del rec, call, y, finals, inputs  # (an output still held keeps its graph, and so its call, alive: that is fine)
+    gc.collect()
+    assert [c() for c in calls] == [None] * 3
+    assert [t() for t in tensors] == [None] * 3
