@@ -42,6 +42,12 @@ FORBIDDEN = """() => {
 }"""
 
 
+NOTICES_DRAWN = """() => [...document.querySelectorAll('[data-testid="stAlertContentWarning"]')].every(alert => {
+    const text = alert.querySelector('[data-testid="stMarkdownContainer"]');
+    return text && text.innerText.trim().length > 0;
+})"""
+
+
 def test_hostile_urls_on_every_page_show_their_text_literally(browser, base_url, pages):
     contexts = [new_context(browser) for _ in pages]
     try:
@@ -50,6 +56,9 @@ def test_hostile_urls_on_every_page_show_their_text_literally(browser, base_url,
             tab.goto(page.url(base_url, QUERY), wait_until="commit")
         for tab, page in zip(tabs, pages, strict=True):
             wait_for_app(tab, timeout_ms=180_000)
+            # An alert's Markdown can draw a moment after the run ended (its renderer loads lazily; on a loaded
+            # machine an alert showed only its icon when read): wait until every notice shows its text.
+            tab.wait_for_function(NOTICES_DRAWN, timeout=60_000, polling=200)
             assert tab.evaluate(FORBIDDEN) == [], page.name
             notices = tab.locator('[data-testid="stAlertContentWarning"]').all_inner_texts()
             text = " ".join(notices).replace(WORD_JOINER, "")  # ui.literal keeps ":material/" from Streamlit's rewrite
