@@ -611,3 +611,33 @@ def test_a_watched_step_leaves_nothing_behind_once_its_recording_is_dropped(cell
     gc.collect()
     assert [c() for c in calls] == [None] * 3
     assert [t() for t in tensors] == [None] * 3
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@CUDA
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_on_cuda_in_eval_mode_watch_gives_the_cpu_numbers_where_cudnn_refuses(cell) -> None:
+    """Requirement 3: on CUDA, in eval mode, cuDNN's own RNN backward refuses ("can only be called in training
+    mode"); inside watch the backward is the adjoint, so it runs, and gives the CPU's numbers (float32: the fused
+    kernels differ in rounding only)."""
+    torch.manual_seed(0)
+    cpu_model = cell(3, 8, num_layers=2, batch_first=True, bidirectional=True).eval()
+    gpu_model = copy.deepcopy(cpu_model).cuda()
+    x = torch.randn(4, 7, 3)
+    with pytest.raises(RuntimeError, match="training mode"):  # what users hit without watch
+        gpu_model(x.cuda())[0].sum().backward()
+    gpu_model.zero_grad()
+    results = []
+    for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
+        inputs = x.to(device).requires_grad_(True)
+        with gx.watch(model) as rec:
+            model(inputs)[0][:, -1].square().sum().backward()
+        call = rec.calls[0]
+        assert call.report.device.startswith(device)
+        results.append((call.hidden_grad.cpu(), inputs.grad.cpu(), {n: g.cpu() for n, g in grads_of(model).items()}))
+    (h_cpu, x_cpu, p_cpu), (h_gpu, x_gpu, p_gpu) = results
+    assert_close(h_gpu, h_cpu, 1e-4)
+    assert_close(x_gpu, x_cpu, 1e-4)
+    assert_same_grads(p_cpu, p_gpu, 1e-4)
