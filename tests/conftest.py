@@ -1,7 +1,7 @@
 """How pytest-xdist shares the tests out (scripts/test.sh runs `pytest -n auto --dist loadscope`): every end-to-end
-test is one work unit, so one worker runs them in order against its one Streamlit server and the timed ones never
-share the machine with a second server; every other test file is a unit of its own, so a module's expensive fixture
-(e.g. test_snippet's runs) is built once, on one worker. Without xdist this file does nothing.
+test is one work unit, so one worker runs them in order against its one Streamlit server and the many-session ones
+never share the machine with a second server; every other test file is a unit of its own, so a module's expensive
+fixture (e.g. test_snippet's runs) is built once, on one worker. Without xdist this file does nothing.
 
 (`--dist loadgroup` with xdist_group marks would say the same, but xdist 3.8 names the groups through a node
 attribute pytest 9 no longer reads, so the groups are given here, through xdist's own scheduler hook.)"""
