@@ -12,6 +12,6 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
-# One pytest-xdist worker per core: the end-to-end tests run in order on one of them, every other
-# test file goes to whichever worker is free (tests/conftest.py groups them).
-python3 -m pytest -n auto --dist loadscope "$@"
+# One pytest-xdist worker per core, each test file on one worker (module fixtures built once; each worker
+# that runs end-to-end tests starts its own Streamlit server).
+python3 -m pytest -n auto --dist loadfile "$@"
