@@ -15,6 +15,7 @@ Extra helpers:
     report_chart(cfg, kind, *args, engine="fused")   draw a `gru_explainer.charts` chart of explain(cfg), cached
     cached_profile / cached_graph / cached_compare / cached_census   the flow, graph and devices pages' core
                                                calls, cached on the full config (importable, so tests can call them)
+    mirror_view / seed_widget / keep_option   a page's view state: URL mirror, widget seeding, stale options
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def _is_rerun(err: BaseException | None) -> bool:
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
 
     return isinstance(err, RerunException)
+
+
+def seed_widget(key: str, value: Any) -> None:
+    """Seed widget `key` from a page's stored view when the widget has no state yet (first run, back from a page)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def keep_option(key: str, options: list, default: Any) -> None:
+    """Reset a selector whose stored value is no longer among its options (e.g. fewer layers, another file)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default
 
 
 def mirror_view(wanted: dict[str, str], keys: Any) -> None:
@@ -527,6 +540,6 @@ def config_sidebar() -> ExplainConfig:
 
 
 __all__ = ["cached_census", "cached_compare", "cached_explain", "cached_graph", "cached_profile", "config_sidebar",
-           "file_stem", "glossary", "literal", "md_escape", "offer_cpu", "report_chart", "report_csv", "report_json",
-           "run_ended", "set_shared_config", "shared_config", "show_chart", "show_error", "show_layout", "show_notice",
-           "themed_spec"]
+           "file_stem", "glossary", "keep_option", "literal", "md_escape", "offer_cpu", "report_chart", "report_csv",
+           "report_json", "run_ended", "seed_widget", "set_shared_config", "shared_config", "show_chart",
+           "show_error", "show_layout", "show_notice", "themed_spec"]

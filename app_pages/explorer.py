@@ -59,12 +59,6 @@ def _view() -> dict[str, Any]:
 CONFIG_TARGET = "gx_explorer_url_target"
 
 
-def _seed(key: str, value: Any) -> None:
-    """Seed widget `key` from the stored view when the widget has no state yet (first run, back from a page)."""
-    if key not in st.session_state:
-        st.session_state[key] = value
-
-
 def _store(key: str, value: Any) -> None:
     """Remember a view control's value and mirror the non-default view values in the URL."""
     view = _view()
@@ -99,12 +93,6 @@ def _preset_for(text: str, k: int) -> str:
     return next((p for p, f in PRESETS.items() if f(k) == text.strip()), CUSTOM)
 
 
-def _keep(key: str, options: list, default: object) -> None:
-    """Reset a selector whose stored value is no longer among its options (e.g. fewer layers)."""
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = default
-
-
 def stale_notice(shown: ExplainConfig, current: ExplainConfig) -> str:
     """The notice above a last valid result: which settings it was computed with, where they differ from now."""
     now, then = current.to_dict(), shown.to_dict()
@@ -117,7 +105,7 @@ def stale_notice(shown: ExplainConfig, current: ExplainConfig) -> str:
 def norm_section(cfg: ExplainConfig) -> None:
     """The per-step norm chart and its log toggle (a fragment: the toggle reruns only this)."""
     view = _view()
-    _seed("gx_log", view.get("explorer.log", True))
+    ui.seed_widget("gx_log", view.get("explorer.log", True))
     log_scale = st.toggle("Log scale", key="gx_log",
                           help="True magnitudes, also below / above the dtype's range; exact zeros cannot sit on a log "
                                "axis, so they are drawn in a band below the plot, one shape per cause.")
@@ -131,13 +119,13 @@ def heatmap_section(cfg: ExplainConfig) -> None:
     view = _view()
     layers, dirs = list(range(cfg.num_layers)), list(range(cfg.num_directions))
     wanted_dir = DIRECTIONS.index(view.get("explorer.direction", "forward"))
-    _seed("gx_hm_layer", view.get("explorer.layer", layers[-1]))
-    _seed("gx_hm_direction", wanted_dir)
-    _seed("gx_hm_batch", view.get("explorer.batch", 0))
-    _seed("gx_hm_log", view.get("explorer.hm_log", False))
-    _keep("gx_hm_layer", layers, layers[-1])
-    _keep("gx_hm_direction", dirs, 0)
-    _keep("gx_hm_batch", list(range(cfg.batch_size)), 0)
+    ui.seed_widget("gx_hm_layer", view.get("explorer.layer", layers[-1]))
+    ui.seed_widget("gx_hm_direction", wanted_dir)
+    ui.seed_widget("gx_hm_batch", view.get("explorer.batch", 0))
+    ui.seed_widget("gx_hm_log", view.get("explorer.hm_log", False))
+    ui.keep_option("gx_hm_layer", layers, layers[-1])
+    ui.keep_option("gx_hm_direction", dirs, 0)
+    ui.keep_option("gx_hm_batch", list(range(cfg.batch_size)), 0)
     c1, c2, c3 = st.columns(3)
     layer = c1.selectbox("Layer", layers, key="gx_hm_layer", help="y (the stacked output) belongs to the last layer.")
     direction = c2.selectbox("Direction", dirs, key="gx_hm_direction", format_func=DIRECTIONS.__getitem__)

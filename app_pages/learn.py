@@ -55,7 +55,7 @@ def _from_url() -> None:
         return
     values, notices = view_from_query(st.query_params.to_dict(), VIEW_PARAMS)
     for notice in notices:
-        st.warning(ui.md_escape(notice), icon=":material/link_off:")
+        ui.show_notice(notice)
     for spec in VIEW_PARAMS:
         if spec.key != "learn.snapshot":
             st.session_state[spec.key] = values.get(spec.key, spec.default)
@@ -248,9 +248,8 @@ if wanted is not None:
     if wanted in options:
         st.session_state["learn.snapshot"] = wanted
     else:
-        st.warning(ui.md_escape(f"URL parameter learn.snapshot={wanted} is not a snapshot of this run (every "
-                                f"{base.snapshot_every} steps up to {base.steps}); showing the last."),
-                   icon=":material/link_off:")
+        ui.show_notice(f"URL parameter learn.snapshot={wanted} is not a snapshot of this run (every "
+                       f"{base.snapshot_every} steps up to {base.steps}); showing the last.")
 if st.session_state.get("learn.snapshot") not in options:
     st.session_state["learn.snapshot"] = options[-1]
 step = st.select_slider("Snapshot (training step)", options, key="learn.snapshot",

@@ -90,18 +90,6 @@ def _mirror() -> None:
     ui.mirror_view(wanted, VIEW_PARAMS.values())
 
 
-def _seed(key: str, value: Any) -> None:
-    """Seed widget `key` from the stored view when the widget has no state yet (first run, back from a page)."""
-    if key not in st.session_state:
-        st.session_state[key] = value
-
-
-def _keep(key: str, options: list, default: Any) -> None:
-    """Reset a selector whose stored value is not among this file's options (e.g. fewer layers)."""
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = default
-
-
 def _store(key: str, value: Any) -> None:
     """Remember a control's value (None: the page's default) and mirror the view in the URL."""
     _view()[VIEW_PARAMS[key].key] = value
@@ -195,7 +183,7 @@ if not isinstance(spec, RecurrentSpec):
 st.subheader("Architecture (inferred from the keys and shapes)")
 nonlinearity = "tanh"
 if spec.cell == "rnn":
-    _seed("ym_nonlinearity", view.get("model.nonlinearity", "tanh"))
+    ui.seed_widget("ym_nonlinearity", view.get("model.nonlinearity", "tanh"))
     nonlinearity = st.radio("nn.RNN nonlinearity", RNN_NONLINEARITIES, horizontal=True, key="ym_nonlinearity",
                             help="tanh and relu RNNs have identical weights, so the file cannot tell them apart.")
     _store("ym_nonlinearity", nonlinearity)
@@ -208,17 +196,17 @@ st.table({"property": [r[0] for r in spec.rows(nonlinearity)],
 st.subheader("Input and target")
 dtype_col, mode_col = st.columns(2)
 file_dtype = "float64" if spec.dtype == "float64" else "float32"
-_seed("ym_dtype", view.get("model.dtype") or file_dtype)
+ui.seed_widget("ym_dtype", view.get("model.dtype") or file_dtype)
 dtype = dtype_col.selectbox("dtype", DTYPES, key="ym_dtype",
                             help="The weights are cast to this dtype (float16/bfloat16 files become float32).")
 _store("ym_dtype", None if dtype == file_dtype else dtype)
-_seed("ym_input", INPUTS[view.get("model.input", "random")])
+ui.seed_widget("ym_input", INPUTS[view.get("model.input", "random")])
 mode = mode_col.radio("Input", list(INPUTS.values()), horizontal=True, key="ym_input")
 _store("ym_input", next(k for k, label in INPUTS.items() if label == mode))
 seed = 0
 if mode == INPUTS["random"]:
     for key in ("ym_batch", "ym_steps", "ym_seed"):
-        _seed(key, view.get(VIEW_PARAMS[key].key, VIEW_PARAMS[key].default))
+        ui.seed_widget(key, view.get(VIEW_PARAMS[key].key, VIEW_PARAMS[key].default))
     c1, c2, c3 = st.columns(3)
     batch = int(c1.number_input("Batch size", 1, limits.max_batch_size, key="ym_batch"))
     steps = int(c2.number_input("Steps T", 1, limits.max_seq_len, key="ym_steps"))
@@ -238,7 +226,7 @@ else:
                 icon=":material/upload_file:")
         st.stop()
     inputs, csv_name = ("csv", csv.getvalue(), csv.name), csv.name
-_seed("ym_target", view.get("model.target", DEFAULT_TARGET))
+ui.seed_widget("ym_target", view.get("model.target", DEFAULT_TARGET))
 target = st.text_input("Target (scalar to differentiate)", key="ym_target",
                        help="Names y (the module's output, [B, T, D·H]), h_n" + (", c_n" if spec.cell == "lstm" else "")
                             + "; subscripts, + - * / **, and .sum() .mean() .abs() .pow(k) .square() .norm(). Must "
@@ -254,19 +242,19 @@ report = result.report
 st.caption(f"Target value: {result.loss:.6g}")
 
 st.subheader("Per-step gradient norm")
-_seed("ym_log", view.get("model.log", True))
+ui.seed_widget("ym_log", view.get("model.log", True))
 log_scale = st.toggle("Log scale", key="ym_log")
 _store("ym_log", bool(log_scale))
 _show(gradient_norm_chart(report.frame, log_scale=log_scale))
 
 st.subheader("Per unit: time × hidden unit")
 layers, dirs, items = list(range(spec.num_layers)), list(range(spec.num_directions)), report.config.batch_size
-_seed("ym_hm_layer", view.get("model.layer", layers[-1]))
-_seed("ym_hm_direction", DIRECTIONS.index(view.get("model.direction", "forward")))
-_seed("ym_hm_batch", view.get("model.item", 0))
-_keep("ym_hm_layer", layers, layers[-1])
-_keep("ym_hm_direction", dirs, 0)
-_keep("ym_hm_batch", list(range(items)), 0)
+ui.seed_widget("ym_hm_layer", view.get("model.layer", layers[-1]))
+ui.seed_widget("ym_hm_direction", DIRECTIONS.index(view.get("model.direction", "forward")))
+ui.seed_widget("ym_hm_batch", view.get("model.item", 0))
+ui.keep_option("ym_hm_layer", layers, layers[-1])
+ui.keep_option("ym_hm_direction", dirs, 0)
+ui.keep_option("ym_hm_batch", list(range(items)), 0)
 h1, h2, h3 = st.columns(3)
 layer = h1.selectbox("Layer", layers, key="ym_hm_layer")
 direction = h2.selectbox("Direction", dirs, key="ym_hm_direction", format_func=DIRECTIONS.__getitem__)
