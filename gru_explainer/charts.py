@@ -702,6 +702,12 @@ def _cell_scale(cells: list[str]) -> alt.Scale:
                      range=[CELL_COLORS.get(c, "#888888") for c in cells])
 
 
+def _with_quantity(profile: pd.DataFrame) -> pd.DataFrame:
+    """A decay profile with its `quantity` column: profiles made before the cell state was added are ‖dL/dh_t‖ only
+    (as `flow.with_quantity`; charts keep to pandas and altair)."""
+    return profile if "quantity" in profile else profile.assign(quantity="hidden_state")
+
+
 def series_label(cell: str, quantity: str = "hidden_state") -> str:
     """The decay chart's name of one line: the cell's label for ‖dL/dh_t‖ ("LSTM"), "LSTM dL/dc_t" for its cell."""
     label = CELL_LABELS.get(cell, cell)
@@ -735,9 +741,7 @@ def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
     band_row (None on the axis, -1 the inf/NaN band above, 0.. one zero-band row per line). attrs: as
     `norm_rows`, and series: the lines' (cell, quantity) in legend order.
     """
-    rows = profile.reset_index(drop=True)
-    if "quantity" not in rows:  # profiles made before the cell state was added: ‖dL/dh_t‖ only
-        rows = rows.assign(quantity="hidden_state")
+    rows = _with_quantity(profile.reset_index(drop=True))
     true = "log10_norm" in rows
     log10 = _true_log10(rows)
     status = _row_status(rows, log10)
@@ -793,8 +797,7 @@ def fit_rows(rates: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
     """The fitted lines norm = 10**log10_intercept · rate**distance, over the distances of the fitted points; one
     per rate row, i.e. per (cell, …, quantity): an LSTM's ‖dL/dc_t‖ gets its own."""
     rows = []
-    if "quantity" not in profile:
-        profile = profile.assign(quantity="hidden_state")
+    profile = _with_quantity(profile)
     for rate in rates.itertuples(index=False):
         if not (math.isfinite(rate.rate) and math.isfinite(rate.log10_intercept)):
             continue
