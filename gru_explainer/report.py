@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .adjoint import Scaled, log10_norm_over, row_max_abs
+from .adjoint import LOG10_2, Scaled, log10_norm_over, row_max_abs
 from .config import ExplainConfig
 
 QUANTITIES = ("stacked_output", "hidden_state", "cell_state", "input")
@@ -136,84 +136,100 @@ class GradientReport:
         return render(self.facts())
 
 
-def _step_stats(grad: Tensor, reached: Tensor, magnitude: Scaled, direct: Tensor | None,
-                values_fwd: Tensor | None) -> dict[str, Tensor]:
-    """Per-step statistics of a [B, T, K] gradient, its structural mask, its rescaled true values (exponent [B, T]),
-    the log10 norm of what is read directly per step ([T], or None: equal to the total) and the forward values."""
-    steps = grad.shape[1]
+def _group_stats(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tensor, direct: Tensor | None,
+                 forward: Tensor | None) -> dict[str, np.ndarray]:
+    """Per-step statistics of N blocks at once: gradients [N, B, T, K] in the dtype, structural masks [N, B, T, K],
+    rescaled true values (mantissa [N, B, T, K], exponent [N, B, T]), the log10 norm of what is read directly per
+    step ([N, T], or None: equal to the total) and the forward values [N, B, T, K] (or None). Arrays are [N, T]."""
+    blocks, _, steps, _ = grad.shape
     if grad.numel() == 0:
-        zeros = torch.zeros(steps, dtype=torch.float64)
-        flags = torch.zeros(steps, dtype=torch.bool)
-        minus_inf = torch.full((steps,), -torch.inf, dtype=torch.float64)
+        zeros = np.zeros((blocks, steps))
+        flags = np.zeros((blocks, steps), dtype=bool)
+        minus_inf = np.full((blocks, steps), -np.inf)
         return {"norm": zeros, "max_abs": zeros, "log10_norm": minus_inf, "log10_max_abs": minus_inf,
                 "direct_log10_norm": minus_inf, "exactly_zero": ~flags, "structurally_zero": ~flags,
-                "zero_cause": np.full(steps, "structural", dtype=object), "underflow": flags, "nonfinite": flags,
-                "forward_nonfinite": flags}
-    max_abs = torch.maximum(grad.amax(dim=(0, 2)), -grad.amin(dim=(0, 2))).double()  # NaN/inf iff non-finite there
+                "zero_cause": np.full((blocks, steps), "structural", dtype=object), "underflow": flags,
+                "nonfinite": flags, "forward_nonfinite": flags}
+    over = (1, 3)  # batch and units
+    max_abs = torch.maximum(grad.amax(dim=over), -grad.amin(dim=over)).double()  # NaN/inf iff non-finite there
     exactly_zero = max_abs == 0
-    structurally_zero = reached.view(torch.uint8).amax(dim=(0, 2)) == 0  # (10x faster than bool .any() here)
-    log10_norm = log10_norm_over(magnitude.log10_row_norm(), dim=0)
-    row_max = row_max_abs(magnitude.mantissa).double()
-    log10_max_abs = (torch.log10(row_max) + magnitude.exponent.double() * math.log10(2.0)).amax(dim=0)
+    structurally_zero = reached.view(torch.uint8).amax(dim=over) == 0  # (10x faster than bool .any() here)
+    row_norm = torch.linalg.vector_norm(mantissa, dim=-1).double()  # mantissas are small: no overflow in the dtype
+    exponent_log10 = exponent.double() * LOG10_2
+    log10_norm = log10_norm_over(torch.log10(row_norm) + exponent_log10, dim=1)
+    log10_max_abs = (torch.log10(row_max_abs(mantissa).double()) + exponent_log10).amax(dim=1)
     true_zero = log10_norm == -math.inf
     underflow = exactly_zero & ~structurally_zero & ~true_zero
-    cause = np.where(structurally_zero.numpy(), "structural",
-                     np.where((exactly_zero & true_zero).numpy(), "zero_on_path",
-                              np.where(underflow.numpy(), "underflow", ""))).astype(object)
-    forward_nonfinite = (torch.zeros(steps, dtype=torch.bool) if values_fwd is None
-                         else ~torch.isfinite(row_max_abs(values_fwd).amax(dim=0)))
+    structural, zero = structurally_zero.numpy(), (exactly_zero & true_zero).numpy()
+    cause = np.where(structural, "structural", np.where(zero, "zero_on_path",
+                                                        np.where(underflow.numpy(), "underflow", ""))).astype(object)
+    if forward is None or bool(torch.isfinite(forward.sum())):  # inf/NaN anywhere makes the sum inf/NaN
+        forward_nonfinite = np.zeros((blocks, steps), dtype=bool)
+    else:
+        forward_nonfinite = (~torch.isfinite(forward).all(dim=3).all(dim=1)).numpy()
+    # the norm over units, then over the batch (float64): the same norm, several times faster than dim=(1, 3)
+    norm = torch.linalg.vector_norm(torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64), dim=1)
     return {
-        # the norm over units, then over the batch (float64): the same norm, several times faster than dim=(0, 2)
-        "norm": torch.linalg.vector_norm(torch.linalg.vector_norm(grad, dim=2, dtype=torch.float64), dim=0),
-        "max_abs": max_abs,
-        "log10_norm": log10_norm,
-        "log10_max_abs": log10_max_abs,
-        "direct_log10_norm": log10_norm if direct is None else direct,
-        "exactly_zero": exactly_zero,
-        "structurally_zero": structurally_zero,
+        "norm": norm.numpy(),
+        "max_abs": max_abs.numpy(),
+        "log10_norm": log10_norm.numpy(),
+        "log10_max_abs": log10_max_abs.numpy(),
+        "direct_log10_norm": log10_norm.numpy() if direct is None else direct.double().numpy(),
+        "exactly_zero": exactly_zero.numpy(),
+        "structurally_zero": structural,
         "zero_cause": cause,
-        "underflow": underflow,
-        "nonfinite": ~torch.isfinite(max_abs),
+        "underflow": underflow.numpy(),
+        "nonfinite": (~torch.isfinite(max_abs)).numpy(),
         "forward_nonfinite": forward_nonfinite,
     }
 
 
-def build_frame(report: GradientReport) -> pd.DataFrame:
-    """One row per (quantity, layer, direction, t): norms in the dtype, true log10 norms, zero causes, flags."""
-    cfg = report.config
-    hidden, num_dirs, last = cfg.hidden_size, cfg.num_directions, cfg.num_layers - 1
-    steps = cfg.seq_len
-    blocks: list[tuple[str, int, str, Tensor, Tensor, Scaled, Tensor | None, Tensor | None]] = []
-    for d in range(num_dirs):
-        cols = slice(d * hidden, (d + 1) * hidden)
-        stacked = report.stacked_grad[..., cols]
-        blocks.append(("stacked_output", last, DIRECTIONS[d], stacked, report.stacked_read[..., cols],
-                       Scaled(stacked, torch.zeros(stacked.shape[:2], dtype=torch.int32)), None,
-                       report.output[..., cols]))
-    h_mag, c_mag = report.hidden_magnitude, report.cell_magnitude
-    for layer in range(cfg.num_layers):
-        for d in range(num_dirs):
-            states = report.hidden_states[layer, d]
-            blocks.append(("hidden_state", layer, DIRECTIONS[d], report.hidden_grad[layer, d],
-                           report.hidden_reached[layer, d],
-                           Scaled(h_mag.mantissa[layer, d], h_mag.exponent[layer, d]),
-                           report.direct_log10_norm["hidden_state"][layer, d], states))
-            if report.cell_grad is not None and report.cell_reached is not None and c_mag is not None:
-                blocks.append(("cell_state", layer, DIRECTIONS[d], report.cell_grad[layer, d],
-                               report.cell_reached[layer, d],
-                               Scaled(c_mag.mantissa[layer, d], c_mag.exponent[layer, d]),
-                               report.direct_log10_norm["cell_state"][layer, d], states))
-    blocks.append(("input", 0, "n/a", report.input_grad, report.input_reached, report.input_magnitude,
-                   torch.full((steps,), -math.inf, dtype=torch.float64), None))
-    columns: dict[str, list] = {name: [] for name in FRAME_COLUMNS}
-    t = np.arange(steps)
-    for quantity, layer, direction, grad, reached, magnitude, direct, forward in blocks:
-        stats = _step_stats(grad, reached, magnitude, direct, forward)
-        columns["quantity"].append(np.full(steps, quantity, dtype=object))
-        columns["layer"].append(np.full(steps, layer, dtype=np.int64))
-        columns["direction"].append(np.full(steps, direction, dtype=object))
-        columns["t"].append(t)
-        for name, values in stats.items():
-            columns[name].append(values.numpy() if isinstance(values, Tensor) else values)
-    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+def _by_direction(values: Tensor, num_dirs: int) -> Tensor:
+    """[B, T, D*H] -> [D, B, T, H] (a view: one block per direction)."""
+    batch, steps, width = values.shape
+    return values.view(batch, steps, num_dirs, width // num_dirs).permute(2, 0, 1, 3)
 
+
+def build_frame(report: GradientReport) -> pd.DataFrame:
+    """One row per (quantity, layer, direction, t): norms in the dtype, true log10 norms, zero causes, flags.
+
+    Rows come block by block: the stacked output (per direction), then per layer and direction dL/dh_t (and dL/dc_t),
+    then the input. The statistics of all blocks of one quantity are computed together (one reduction each).
+    """
+    cfg = report.config
+    layers, num_dirs, steps = cfg.num_layers, cfg.num_directions, cfg.seq_len
+    stacks = layers * num_dirs
+    batch = report.stacked_grad.shape[0]
+    stacked = _by_direction(report.stacked_grad, num_dirs)
+    states = report.hidden_states.reshape(stacks, batch, steps, -1)
+    groups = {"stacked_output": _group_stats(stacked, _by_direction(report.stacked_read, num_dirs), stacked,
+                                             torch.zeros(stacked.shape[:3], dtype=torch.int32), None,
+                                             _by_direction(report.output, num_dirs))}
+    for quantity, grad, reached, magnitude in (
+            ("hidden_state", report.hidden_grad, report.hidden_reached, report.hidden_magnitude),
+            ("cell_state", report.cell_grad, report.cell_reached, report.cell_magnitude)):
+        if grad is None or reached is None or magnitude is None:
+            continue
+        shape = (stacks, batch, steps, -1)
+        groups[quantity] = _group_stats(grad.reshape(shape), reached.reshape(shape), magnitude.mantissa.reshape(shape),
+                                        magnitude.exponent.reshape(shape[:3]),
+                                        report.direct_log10_norm[quantity].reshape(stacks, steps), states)
+    groups["input"] = _group_stats(report.input_grad[None], report.input_reached[None],
+                                   report.input_magnitude.mantissa[None], report.input_magnitude.exponent[None],
+                                   torch.full((1, steps), -math.inf, dtype=torch.float64), None)
+    # The frame's block order: (quantity, row of that quantity's [N, T] arrays, layer, direction).
+    order = [("stacked_output", d, layers - 1, d) for d in range(num_dirs)]
+    for layer in range(layers):
+        for d in range(num_dirs):
+            order += [(q, layer * num_dirs + d, layer, d) for q in ("hidden_state", "cell_state") if q in groups]
+    order.append(("input", 0, 0, None))
+    columns: dict[str, np.ndarray] = {
+        "quantity": np.repeat(np.array([q for q, *_ in order], dtype=object), steps),
+        "layer": np.repeat(np.array([layer for *_, layer, _ in order], dtype=np.int64), steps),
+        "direction": np.repeat(np.array([DIRECTIONS[d] if d is not None else "n/a" for *_, d in order],
+                                        dtype=object), steps),
+        "t": np.tile(np.arange(steps), len(order)),
+    }
+    for name in FRAME_COLUMNS[4:]:
+        columns[name] = np.concatenate([groups[q][name][row] for q, row, *_ in order])
+    return pd.DataFrame(columns)
