@@ -51,17 +51,20 @@ class Scaled:
         """Exact rescaling of an ordinary tensor (exponent 0 to start with)."""
         return normalize(values, torch.zeros(values.shape[:-1], dtype=torch.int32, device=values.device))
 
-    def value(self) -> Tensor:
-        """The values as the dtype holds them: rounded once; 0 (or denormal) below its range, ±inf above."""
+    def value(self, out: Tensor | None = None) -> Tensor:
+        """The values as the dtype holds them: rounded once; 0 (or denormal) below its range, ±inf above.
+
+        `out` (optional, the mantissa's shape, any strides) receives them, so a caller can fill its own buffer.
+        """
         m, e = self.mantissa, self.exponent
         if m.numel() == 0:
-            return m.clone()
+            return m.clone() if out is None else out.copy_(m)
         info = torch.finfo(m.dtype)
         low, high = int(math.log2(info.tiny) + math.log2(info.eps)) - 2, int(math.log2(info.max)) + 1
         factor = torch.exp2(e.clamp(low, high).to(m.dtype)).unsqueeze(-1)  # exact powers of two (0 / inf at ends)
-        out = m * factor
+        out = torch.mul(m, factor, out=out) if out is not None else m * factor
         if int(e.max()) >= high:  # 0 * inf would be NaN where the true value is an exact 0
-            out = torch.where(m == 0, torch.zeros_like(out), out)
+            out.masked_fill_(m == 0, 0)
         return out
 
     def log10_abs(self) -> Tensor:
@@ -83,11 +86,17 @@ class Scaled:
         return Scaled(self.mantissa.transpose(dim0, dim1), self.exponent.transpose(dim0, dim1))
 
 
+SMALL_ELEMENTS = 1 << 15
+"""Below this many elements, abs().amax() is faster than two reductions (per-op overhead dominates)."""
+
+
 def row_max_abs(values: Tensor) -> Tensor:
-    """max |value| over the last axis (0 for empty rows), in one pass."""
+    """max |value| over the last axis (0 for empty rows; NaN where a row holds NaN)."""
     if values.shape[-1] == 0:
         return values.new_zeros(values.shape[:-1])
-    return torch.maximum(values.amax(dim=-1), -values.amin(dim=-1))  # (several times faster than abs().amax())
+    if values.numel() < SMALL_ELEMENTS:
+        return values.abs().amax(dim=-1)
+    return torch.maximum(values.amax(dim=-1), -values.amin(dim=-1))  # (no |values| temporary: faster when large)
 
 
 def normalize(mantissa: Tensor, exponent: Tensor) -> Scaled:
@@ -116,6 +125,20 @@ def add_scaled(a_m: Tensor, a_e: Tensor, b_m: Tensor, b_e: Tensor) -> tuple[Tens
     b_e = torch.where(row_max_abs(b_m) == 0, ZERO_ROW, b_e)
     e = torch.maximum(a_e, b_e)
     return a_m * _power(a_e - e, a_m.dtype) + b_m * _power(b_e - e, b_m.dtype), e
+
+
+def _add_into(v: Tensor, e: Tensor, b_m: Tensor, b_e: Tensor) -> Tensor:
+    """v·2**e += b_m·2**b_e, in place on v, rows aligned (b_m adds to v's first columns); returns the new exponent.
+
+    b_e must be ZERO_ROW where b_m's row is all zero (as `normalize` leaves it). Same numbers as `add_scaled`: both
+    terms are scaled by exact powers of two, and the sum is rounded once.
+    """
+    a_e = torch.where(row_max_abs(v) == 0, ZERO_ROW, e)  # a stale exponent of a zero row must not win
+    new_e = torch.maximum(a_e, b_e)
+    factors = _power(torch.stack([a_e, b_e]) - new_e, v.dtype)  # [2, B, 1]
+    v.mul_(factors[0])
+    v[:, :b_m.shape[-1]].addcmul_(b_m, factors[1])
+    return new_e
 
 
 def add(a: Scaled, b: Scaled) -> Scaled:
@@ -199,17 +222,20 @@ def _recurse(step, start: Scaled, direct: Scaled, every: int,
     return stored[::-1], exps[::-1], Scaled(m, e)
 
 
-def _recurse_into(step_into, step, start: Scaled, direct: Scaled, every: int) -> tuple[Tensor, list[Tensor], Scaled]:
+def _recurse_into(step_into, start: Scaled, direct: Scaled, every: int) -> tuple[Tensor, list[Tensor], Scaled]:
     """`_recurse` without padding, writing each carry straight into its step's row of one preallocated buffer.
 
-    step_into(s, v, out) writes step s's carry (from v = dL/dh_s) into `out` (the row of step s-1), with no new
-    tensors; step(s, v) returns the carry left after step 0. Fewer ops per step than `_recurse`, same numbers.
+    step_into(s, v, out) writes step s's carry (from v, the row of step s: dL/dh_s, for LSTM [dL/dh_s | carried
+    dL/dc_s], which it may complete in place) into `out` (the row of step s-1, or a scratch row after step 0), with
+    no new tensors. The rows are as wide as `start`; `direct` (normalised) adds to their first columns. Fewer ops per
+    step than `_recurse`, same numbers.
     """
     steps = direct.mantissa.shape[0]
     active = (direct.exponent != ZERO_ROW).any(dim=1).tolist()
     plan = [(steps - 1 - s) % every == every - 1 for s in range(steps)]
-    out = torch.empty_like(direct.mantissa)
+    out = direct.mantissa.new_empty(steps, *start.mantissa.shape)
     rows = out.unbind(0)
+    last = torch.empty_like(rows[0])  # the carry left after step 0
     direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
     rows[-1].copy_(start.mantissa)
     e = start.exponent
@@ -217,20 +243,16 @@ def _recurse_into(step_into, step, start: Scaled, direct: Scaled, every: int) ->
     for s in range(steps - 1, -1, -1):
         v = rows[s]
         if active[s]:
-            m, e = add_scaled(v, e, direct_m[s], direct_e[s])
-            v.copy_(m)
+            e = _add_into(v, e, direct_m[s], direct_e[s])
         exps.append(e)
-        if s == 0:
-            carry = Scaled(step(0, v), e)
-        else:
-            step_into(s, v, rows[s - 1])
-            if plan[s]:
-                k = torch.frexp(row_max_abs(rows[s - 1])).exponent
-                torch.ldexp(rows[s - 1], -k.unsqueeze(1), out=rows[s - 1])
-                e = e + k
-    if plan[0]:
-        carry = Scaled(*_renormalize(carry.mantissa, carry.exponent))
-    return out, exps[::-1], carry
+        carry = rows[s - 1] if s else last
+        step_into(s, v, carry)
+        if plan[s] and s:
+            k = torch.frexp(row_max_abs(carry)).exponent
+            torch.ldexp(carry, -k.unsqueeze(1), out=carry)
+            e = e + k
+    left = Scaled(*_renormalize(last, e)) if plan[0] else Scaled(last, e)
+    return out, exps[::-1], left
 
 
 CHUNK_ELEMENTS = 1 << 17
@@ -243,31 +265,34 @@ def _time_chunks(seq_len: int, row_elements: int) -> list[slice]:
     return [slice(t, min(t + size, seq_len)) for t in range(0, seq_len, size)]
 
 
-def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor, Tensor]:
+def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
     """The GRU's local derivatives at every step, from its inputs [T, B, I] and previous states [T, B, H].
 
-    Returns z [T, B, H] (∂h/∂h_prev directly), a_n [T, B, H] (∂h/∂(n pre-activation)) and coef [T, B, 3, H]
-    (∂h/∂gh per gate block: r, z, n). The gate pre-activations gi = W_ih x + b_ih and gh = W_hh h_prev + b_hh are
-    recomputed and used chunk by chunk in time, so they stay in cache (same ops, same rounding as on whole tensors).
+    Returns coef [T, B, 4, H]: ∂h/∂gh per gate block (r, z, n) and, as a fourth block, z (∂h/∂h_prev directly), so
+    one multiplication by dL/dh gives every term of a step; and a_n [T, B, H] (∂h/∂(n pre-activation)). The gate
+    pre-activations gi = W_ih x + b_ih and gh = W_hh h_prev + b_hh are recomputed chunk by chunk in time, so they
+    stay in cache.
     """
     w_ih, w_hh, b_ih, b_hh = params
     seq_len, batch, hidden = prev.shape
-    rz_all = prev.new_empty(seq_len, batch, 2, hidden)
+    inputs = inputs.contiguous()  # (a transposed view: the matmul on it is slower)
+    coef = prev.new_empty(seq_len, batch, 4, hidden)
     a_all = prev.new_empty(seq_len, batch, hidden)
-    coef = prev.new_empty(seq_len, batch, 3, hidden)
+    one = prev.new_ones(())
     for sl in _time_chunks(seq_len, 3 * batch * hidden):
-        gi_c = linear(inputs[sl], w_ih, b_ih).view(-1, batch, 3, hidden)
-        gh_c = linear(prev[sl], w_hh, b_hh).view(-1, batch, 3, hidden)
+        gi = linear(inputs[sl], w_ih, b_ih).view(-1, batch, 3, hidden)
+        gh = linear(prev[sl], w_hh, b_hh).view(-1, batch, 3, hidden)
         c = coef[sl]
-        rz = torch.add(gi_c[:, :, :2], gh_c[:, :, :2], out=rz_all[sl]).sigmoid_()
-        r, z = rz[:, :, 0], rz[:, :, 1]  # reset gate; update gate
-        gh_n = gh_c[:, :, 2]
-        n = torch.addcmul(gi_c[:, :, 2], r, gh_n).tanh_()  # candidate
-        a_n = torch.mul(1 - z, 1 - n * n, out=a_all[sl])  # ∂h/∂(n pre-activation)
-        torch.mul(a_n * gh_n, r * (1 - r), out=c[:, :, 0])  # ∂h/∂(r pre-activation)
-        torch.mul(prev[sl] - n, z * (1 - z), out=c[:, :, 1])  # ∂h/∂(z pre-activation)
-        torch.mul(a_n, r, out=c[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
-    return rz_all[:, :, 1], a_all, coef
+        rz = gi[:, :, :2].add_(gh[:, :, :2]).sigmoid_()
+        r, z = rz[:, :, 0], c[:, :, 3].copy_(rz[:, :, 1])  # reset gate; update gate
+        gh_n = gh[:, :, 2]
+        n = gi[:, :, 2].addcmul_(r, gh_n).tanh_()  # candidate
+        dn = torch.addcmul(one, n, n, value=-1)  # 1 - n²
+        a_n = torch.addcmul(dn, z, dn, value=-1, out=a_all[sl])  # (1 - z)(1 - n²) = ∂h/∂(n pre-activation)
+        c_n = torch.mul(a_n, r, out=c[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
+        torch.mul(c_n, gh_n, out=c[:, :, 0]).addcmul_(c[:, :, 0], r, value=-1)  # a_n gh_n r (1 - r): ∂h/∂(r pre-act.)
+        torch.sub(prev[sl], n, out=c[:, :, 1]).mul_(torch.addcmul(z, z, z, value=-1))  # (h' - n) z (1 - z): z pre-act.
+    return coef, a_all
 
 
 def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tensor, Tensor, Tensor, Tensor],
@@ -295,22 +320,23 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     zeros = states.new_zeros(batch, hidden)
 
     if kind == "gru":
-        z, a_n, coef_hh = _gru_coefficients(inputs, prev, params)
+        coef, a_n = _gru_coefficients(inputs, prev, params)
+        coef_hh = coef[:, :, :3]  # ∂h/∂gh per gate block (r, z, n); coef[:, :, 3] is z
         # |z| <= 1, |c_z| <= 1/2, |a_n r| <= 1, |c_r| <= |gh_n| / 4 <= (max row sum of |W_hn| + max |b_hn|) / 4
         w_hn, b_hn = w_hh[2 * hidden:], (b_hh[2 * hidden:] if b_hh is not None else w_hh.new_zeros(1))
         gain = 1 + w_sum * max(1.0, (float(w_hn.abs().sum(dim=1).max()) + float(b_hn.abs().max())) / 4)
-        z_s, coef_s = z.unbind(0), coef_hh.unbind(0)
+        coef_s = coef.unbind(0)
 
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
-            return v, torch.addmm(v * z_s[s], (v.unsqueeze(1) * coef_s[s]).view(batch, 3 * hidden), w_hh)
+            terms = v.unsqueeze(1) * coef_s[s]
+            return v, torch.addmm(terms[:, 3], terms[:, :3].reshape(batch, 3 * hidden), w_hh)
 
-        gates = states.new_empty(batch, 3, hidden)  # the lean loop's scratch row: v · ∂h/∂gh per gate block
-        gates_flat = gates.view(batch, 3 * hidden)
+        terms = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row: v · (∂h/∂gh per block | z)
+        gates_flat, direct_term = terms[:, :3].view(batch, 3 * hidden), terms[:, 3]
 
         def step_into(s: int, v: Tensor, out: Tensor) -> None:  # out = v·z + (v·∂h/∂gh) @ W_hh, no new tensors
-            torch.mul(v.unsqueeze(1), coef_s[s], out=gates)
-            torch.mul(v, z_s[s], out=out)
-            out.addmm_(gates_flat, w_hh)
+            torch.mul(v.unsqueeze(1), coef_s[s], out=terms)
+            torch.addmm(direct_term, gates_flat, w_hh, out=out)
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:  # (dL/dgi, dL/dgh) [T, B, 3H]
             d_gh = v.unsqueeze(2) * coef_hh
@@ -320,21 +346,29 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         start = Scaled.of(zeros)
     elif kind == "lstm":
-        i, f, g, o = (linear(inputs, w_ih, b_ih) + linear(prev, w_hh, b_hh)).chunk(4, dim=-1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        gates = linear(inputs.contiguous(), w_ih, b_ih).add_(linear(prev, w_hh, b_hh)).view(seq_len, batch, 4, hidden)
+        gates[:, :, :2].sigmoid_()
+        gates[:, :, 3].sigmoid_()
+        i, f, g, o = gates.unbind(2)
+        g.tanh_()
         # The fused module returns h_t only; recompute c_t = f*c_{t-1} + i*g (elementwise, cheap).
         ig = i * g
-        cells, c = [], (torch.zeros_like(ig[0]) if c_0 is None else c_0.to(ig.dtype))
+        cell = torch.empty_like(ig)
+        c = torch.zeros_like(ig[0]) if c_0 is None else c_0.to(ig.dtype)
         frozen = [False] * seq_len if valid is None else (~valid).any(dim=1).tolist()
         for s in range(seq_len):
-            c_new = torch.addcmul(ig[s], f[s], c)
-            c = torch.where(valid[s].unsqueeze(-1), c_new, c) if frozen[s] else c_new
-            cells.append(c)
-        cell = torch.stack(cells)
+            if frozen[s]:
+                c = torch.where(valid[s].unsqueeze(-1), torch.addcmul(ig[s], f[s], c), c, out=cell[s])
+            else:
+                c = torch.addcmul(ig[s], f[s], c, out=cell[s])
         tc = torch.tanh(cell)
-        h_to_c = o * (1 - tc * tc)  # ∂h_t/∂c_t
-        coef = torch.stack([g * i * (1 - i), _shift(cell, c_0) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)],
-                           dim=2)
+        one = tc.new_ones(())
+        h_to_c = o * torch.addcmul(one, tc, tc, value=-1)  # ∂h_t/∂c_t = o (1 - tanh²c_t)
+        coef = states.new_empty(seq_len, batch, 4, hidden)  # ∂c_t/∂(i, f, g pre-act.), ∂h_t/∂(o pre-act.)
+        torch.mul(g, torch.addcmul(i, i, i, value=-1), out=coef[:, :, 0])  # g i (1 - i)
+        torch.mul(_shift(cell, c_0), torch.addcmul(f, f, f, value=-1), out=coef[:, :, 1])  # c_{t-1} f (1 - f)
+        torch.mul(i, torch.addcmul(one, g, g, value=-1), out=coef[:, :, 2])  # i (1 - g²)
+        torch.mul(tc, torch.addcmul(o, o, o, value=-1), out=coef[:, :, 3])  # tanh(c_t) o (1 - o)
         # |h_to_c| <= 1; gate coefficients <= 1 except c_{t-1} f (1 - f) <= max |c| / 4
         gain = 2 * (1 + w_sum * max(1.0, float(row_max_abs(cell.flatten())) / 4)) + 1
         h_to_c_s, coef_s, f_s = h_to_c.unbind(0), coef.unbind(0), f.unbind(0)
@@ -345,12 +379,22 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef_s[s]).view(batch, 4 * hidden)
             return (v_h, v_c), torch.cat([d_gates @ w_hh, v_c * f_s[s]], dim=1)
 
+        d_gates = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row
+        d_gates_flat, d_gates_cell, d_gates_out = d_gates.view(batch, 4 * hidden), d_gates[:, :3], d_gates[:, 3]
+
+        def step_into(s: int, v: Tensor, out: Tensor) -> None:  # v's cell half becomes the total dL/dc_t, in place
+            v_h, v_c = v[:, :hidden], v[:, hidden:]
+            v_c.addcmul_(v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
+            torch.mul(v_c.unsqueeze(1), coef_s[s][:, :3], out=d_gates_cell)
+            torch.mul(v_h, coef_s[s][:, 3], out=d_gates_out)
+            torch.mm(d_gates_flat, w_hh, out=out[:, :hidden])
+            torch.mul(v_c, f_s[s], out=out[:, hidden:])
+
         def gate_grads(v: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:  # gi and gh enter alike
             d = (torch.stack((c, c, c, v), dim=2) * coef).view(seq_len, batch, 4 * hidden)
             return d, d
 
         start = Scaled.of(torch.cat([zeros, final_c if final_c is not None else zeros], -1))
-        direct_h = Scaled(torch.cat([direct_h.mantissa, torch.zeros_like(direct_h.mantissa)], -1), direct_h.exponent)
     else:
         # Elman RNN: h = act(gi + gh); act' from the state itself, with autograd's rules (relu: 0 where h <= 0, so a
         # NaN state passes its gradient on, as torch's threshold_backward does).
@@ -372,14 +416,18 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         start = Scaled.of(zeros)
     interval = every or renorm_interval(gain)
-    if kind != "lstm" and valid is None:  # the lean loop: each carry written into its row, nothing stacked
-        mantissa, exps, carry = _recurse_into(step_into, lambda s, v: step(s, v)[1], start, direct_h, interval)
+    if valid is None:  # the lean loop: each carry written into its row, nothing stacked
+        mantissa, exps, carry = _recurse_into(step_into, start, direct_h, interval)
         stored = None
     else:
-        stored, exps, carry = _recurse(step, start, direct_h, interval, valid)
+        direct = direct_h  # _recurse adds whole rows: LSTM rows are [dL/dh | dL/dc], nothing is read from c_t directly
+        if kind == "lstm":
+            direct = Scaled(torch.cat([direct_h.mantissa, torch.zeros_like(direct_h.mantissa)], -1), direct_h.exponent)
+        stored, exps, carry = _recurse(step, start, direct, interval, valid)
     exponent = torch.stack(exps)
     if stored is None:
-        hidden_grad, cell_grad = Scaled(mantissa, exponent), None
+        hidden_grad = Scaled(mantissa[..., :hidden] if kind == "lstm" else mantissa, exponent)
+        cell_grad = Scaled(mantissa[..., hidden:], exponent) if kind == "lstm" else None
     elif kind == "lstm":
         hidden_grad = Scaled(torch.stack([h for h, _ in stored]), exponent)
         cell_grad = Scaled(torch.stack([c for _, c in stored]), exponent)
@@ -390,10 +438,11 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         hidden_grad.mantissa.masked_fill_(pad, 0)
         if cell_grad is not None:
             cell_grad.mantissa.masked_fill_(pad, 0)
-    carried = hidden_grad.mantissa if cell_grad is None else torch.cat([hidden_grad.mantissa, cell_grad.mantissa], -1)
+    carried = mantissa if stored is None else hidden_grad.mantissa  # (the lean LSTM rows are [dL/dh | dL/dc])
+    if stored is not None and cell_grad is not None:
+        carried = torch.cat([hidden_grad.mantissa, cell_grad.mantissa], -1)
     if every != 1 and _lost_precision(carried):
-        return layer_adjoint(kind, inputs, states, params, direct_h if kind != "lstm" else
-                             Scaled(direct_h.mantissa[..., :hidden], direct_h.exponent), final_c, every=1,
+        return layer_adjoint(kind, inputs, states, params, direct_h, final_c, every=1,
                              initial=initial, valid=valid)
     initial_grad = carry  # (not renormalised: `normalize` it before `value()`)
 
@@ -496,11 +545,12 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
     batch, steps = x.shape[:2]
     lstm = kind == "lstm"
     with torch.no_grad():
-        shape = (layers, num_dirs, steps, batch)  # time-major while filling
-        h_m, h_e = x.new_zeros(*shape, hidden), torch.zeros(shape, dtype=torch.int32, device=x.device)
-        h_v = x.new_zeros(*shape, hidden)
-        c_m = x.new_zeros(*shape, hidden) if lstm else None
-        c_v = x.new_zeros(*shape, hidden) if lstm else None
+        # Batch-first results, filled per layer and direction through time-major views (one strided copy each).
+        shape = (layers, num_dirs, batch, steps)
+        h_m, h_e = x.new_empty(*shape, hidden), torch.empty(shape, dtype=torch.int32, device=x.device)
+        h_v = x.new_empty(*shape, hidden)
+        c_m = x.new_empty(*shape, hidden) if lstm else None
+        c_v = x.new_empty(*shape, hidden) if lstm else None
         direct_norm = {"hidden_state": torch.full((layers, num_dirs, steps), -math.inf, dtype=torch.float64)}
         if lstm:
             direct_norm["cell_state"] = direct_norm["hidden_state"].clone()
@@ -537,8 +587,11 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                         states = torch.where(step_valid.unsqueeze(-1), states, frozen)
                 result = layer_adjoint(kind, order(layer_in), states, params(layer, d), read, final_c,
                                        initial=(h_0, c_0), valid=step_valid)
-                values = result.hidden_grad.value()
-                cell_values = result.cell_grad.value() if result.cell_grad is not None else None
+                # Forward direction: the values go straight into the results (time-major views of them).
+                values = result.hidden_grad.value(out=h_v[layer, d].transpose(0, 1) if d == 0 else None)
+                cell_values = None
+                if result.cell_grad is not None:
+                    cell_values = result.cell_grad.value(out=c_v[layer, d].transpose(0, 1) if d == 0 else None)
                 # Autograd's non-finite pattern: a step that is inf/NaN (or reads an inf/NaN from above) makes every
                 # step processed after it inf/NaN too (dense matmuls spread it to every unit).
                 read_bad = _nonfinite_rows(read.mantissa)
@@ -552,10 +605,14 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     values[poisoned] = math.nan
                     if cell_values is not None:
                         cell_values[poisoned] = math.nan
-                h_m[layer, d], h_e[layer, d] = order(result.hidden_grad.mantissa), order(result.hidden_grad.exponent)
-                h_v[layer, d] = order(values)
+                h_m[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.mantissa))
+                h_e[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.exponent))
+                if d == 1:
+                    h_v[layer, d].transpose(0, 1).copy_(order(values))
                 if lstm:
-                    c_m[layer, d], c_v[layer, d] = order(result.cell_grad.mantissa), order(cell_values)
+                    c_m[layer, d].transpose(0, 1).copy_(order(result.cell_grad.mantissa))
+                    if d == 1:
+                        c_v[layer, d].transpose(0, 1).copy_(order(cell_values))
                 if want_params:
                     param_grads[index] = result.param_grads(values, cell_values)
                 if initial is not None:
@@ -575,15 +632,12 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
         if bool(direct_bad.any()):
             input_values[direct_bad] = math.nan
 
-    def batch_first(t: Tensor) -> Tensor:
-        return t.transpose(2, 3).contiguous()
-
     return AdjointResult(
-        hidden_grad=batch_first(h_v),
-        cell_grad=batch_first(c_v) if lstm else None,
+        hidden_grad=h_v,
+        cell_grad=c_v,
         input_grad=input_values.transpose(0, 1).contiguous(),
-        hidden_magnitude=Scaled(batch_first(h_m), h_e.transpose(2, 3).contiguous()),
-        cell_magnitude=Scaled(batch_first(c_m), h_e.transpose(2, 3).contiguous()) if lstm else None,
+        hidden_magnitude=Scaled(h_m, h_e),
+        cell_magnitude=Scaled(c_m, h_e) if lstm else None,
         input_magnitude=direct.transpose(0, 1),
         direct_log10_norm=direct_norm,
         initial_hidden_grad=h0_grad,
