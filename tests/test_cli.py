@@ -390,7 +390,10 @@ class _Evil:
         return (os.system, (f"echo pwned > {self.marker}",))
 
 
-def test_bad_state_dict_files_exit_2_with_one_message(tmp_path):
+def test_bad_state_dict_files_exit_2_with_one_message(tmp_path, capsys):
+    """Each bad file: exit code 2, one error line naming the file and what is wrong, nothing on stdout, no output
+    folder, no traceback, and the malicious pickle never runs. The malicious file goes through a real process (as
+    users run it); the others through `main()` in this process (the same code path, without a torch import each)."""
     import torch
     from torch import nn
 
@@ -413,14 +416,21 @@ def test_bad_state_dict_files_exit_2_with_one_message(tmp_path):
         path = tmp_path / name
         write(path)
         out = tmp_path / f"out-{name}"
-        result = run_cli("explain", "--state-dict", str(path), "--no-images", "--out", str(out))
-        assert result.returncode == 2, (name, result.stdout, result.stderr)
-        errors = [line for line in result.stderr.splitlines() if "error:" in line]
-        assert len(errors) == 1 and needle in errors[0], (name, result.stderr)
+        argv = ["explain", "--state-dict", str(path), "--no-images", "--out", str(out)]
+        if name == "evil.pt":
+            result = run_cli(*argv)
+            code, stdout, stderr = result.returncode, result.stdout, result.stderr
+        else:
+            with pytest.raises(SystemExit) as exc:  # anything but argparse's exit (a traceback) fails the test
+                main(argv)
+            code, (stdout, stderr) = exc.value.code, capsys.readouterr()
+        assert code == 2, (name, stdout, stderr)
+        errors = [line for line in stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and needle in errors[0], (name, stderr)
         assert f"argument --state-dict: {path}: " in errors[0]
-        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert "Traceback" not in stderr and stdout == ""
         assert not out.exists()
-    assert not marker.exists(), "the malicious pickle ran"
+        assert not marker.exists(), f"the malicious pickle ran ({name})"
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 import subprocess
@@ -32,13 +33,59 @@ QUANTITY = {"ygrad": "stacked_output", "hgrad": "hidden_state", "cgrad": "cell_s
 """Printed line kind -> the report frame's quantity it reproduces."""
 
 
-def _run(code: str) -> tuple[dict[tuple, float], list[int], str]:
-    """Run the script in a fresh interpreter (no package on the path): its norm lines, zero steps and stdout."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+FORK_RUNNER = r"""
+import json, os, sys, tempfile, traceback
+import torch  # noqa: F401  (the one slow import, done once: every script runs in a fork of this bare interpreter)
+
+codes, results = json.loads(sys.stdin.read()), []
+with tempfile.TemporaryDirectory() as tmp:
+    for i, code in enumerate(codes):
+        out, err = os.path.join(tmp, f"{i}.out"), os.path.join(tmp, f"{i}.err")
+        pid = os.fork()
+        if pid == 0:  # the child: its own process, fresh globals, __name__ == "__main__", stdout/stderr to files
+            status = 0
+            with open(out, "w") as sys.stdout, open(err, "w") as sys.stderr:
+                try:
+                    exec(compile(code, "<snippet>", "exec"), {"__name__": "__main__"})
+                except BaseException:
+                    traceback.print_exc()
+                    status = 1
+            os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        with open(out) as o, open(err) as e:
+            results.append([os.waitstatus_to_exitcode(status), o.read(), e.read()])
+print(json.dumps(results))
+"""
+"""Runs each script given on stdin (a JSON list) in its own forked child of a fresh interpreter that has imported
+nothing but torch, in "/" (the package is not on the path); prints [[exit code, stdout, stderr], ...]. Forking
+saves a torch import per script; each script still starts from a bare interpreter and shares nothing with the
+others."""
+
+
+RUNNER_CHECKS = ["import torch\ntorch.set_default_dtype(torch.float64)\nleaked = 1\nraise ValueError('x')",
+                 "import torch\nprint(__name__, torch.get_default_dtype(), 'leaked' in globals())"]
+"""Two scripts run after the snippets, to check the runner: a failure is reported, and the next script sees nothing
+of what the failed one changed in its process."""
+
+
+@pytest.fixture(scope="module")
+def results() -> list[list]:
+    """[exit code, stdout, stderr] of every config's snippet, then of RUNNER_CHECKS: one runner, each script once."""
+    codes = [reproduce_snippet(cfg) for cfg in CONFIGS.values()] + RUNNER_CHECKS
+    done = subprocess.run([sys.executable, "-c", FORK_RUNNER], input=json.dumps(codes), capture_output=True,
+                          text=True, timeout=300, cwd="/")
     assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert len(out) == len(codes)
+    return out
+
+
+def _parse(returncode: int, stdout: str, stderr: str) -> tuple[dict[tuple, float], list[int], str]:
+    """One script's result: its norm lines, zero steps and stdout."""
+    assert returncode == 0, stderr
     values: dict[tuple, float] = {}
     zero_steps: list[int] = []
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("target = "):
             values[("target",)] = float(line.split("=")[1])
         if zero := ZERO_LINE.match(line):
@@ -51,14 +98,20 @@ def _run(code: str) -> tuple[dict[tuple, float], list[int], str]:
                    int(fields["t"]))
             assert key not in values, line
             values[key] = float(fields["norm"])
-    assert any(ZERO_LINE.match(line) for line in done.stdout.splitlines()), done.stdout
-    return values, zero_steps, done.stdout
+    assert any(ZERO_LINE.match(line) for line in stdout.splitlines()), stdout
+    return values, zero_steps, stdout
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[str, tuple[dict[tuple, float], list[int], str]]:
-    """Every config's snippet, run once."""
-    return {name: _run(reproduce_snippet(cfg)) for name, cfg in CONFIGS.items()}
+def runs(results) -> dict[str, tuple[dict[tuple, float], list[int], str]]:
+    """Every config's snippet, run once on its own: its norm lines, zero steps and stdout."""
+    return {name: _parse(*result) for name, result in zip(CONFIGS, results, strict=False)}
+
+
+def test_the_runner_reports_failures_and_isolates_the_scripts(results) -> None:
+    (code1, _, err1), (code2, out2, _) = results[len(CONFIGS):]
+    assert code1 == 1 and "ValueError: x" in err1
+    assert code2 == 0 and out2 == "__main__ torch.float32 False\n"
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
