@@ -160,6 +160,11 @@ class LayerAdjoint:
     """(dL/dh_t, dL/dc_t) in the dtype, processing order -> (weight_ih, weight_hh, bias_ih, bias_hh) gradients."""
 
 
+def _zero_rows(zeros: Tensor) -> Scaled:
+    """`Scaled.of` for a tensor known to be all zeros (every row gets exponent ZERO_ROW), without the pass over it."""
+    return Scaled(zeros, torch.full(zeros.shape[:-1], ZERO_ROW, dtype=torch.int32, device=zeros.device))
+
+
 def _shift(states: Tensor, first: Tensor | None = None) -> Tensor:
     """The previous states h_{t-1} for every t (`first`, or zeros, before the first step)."""
     head = torch.zeros_like(states[:1]) if first is None else first.unsqueeze(0).to(states.dtype)
@@ -344,7 +349,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             torch.mul(v, a_n, out=d_gi[:, :, 2])
             return d_gi.view(seq_len, batch, 3 * hidden), d_gh.view(seq_len, batch, 3 * hidden)
 
-        start = Scaled.of(zeros)
+        start = _zero_rows(zeros)
     elif kind == "lstm":
         gates = linear(inputs.contiguous(), w_ih, b_ih).add_(linear(prev, w_hh, b_hh)).view(seq_len, batch, 4, hidden)
         gates[:, :, :2].sigmoid_()
@@ -394,7 +399,8 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             d = (torch.stack((c, c, c, v), dim=2) * coef).view(seq_len, batch, 4 * hidden)
             return d, d
 
-        start = Scaled.of(torch.cat([zeros, final_c if final_c is not None else zeros], -1))
+        start = (_zero_rows(torch.cat([zeros, zeros], -1)) if final_c is None or not bool(final_c.any()) else
+                 Scaled.of(torch.cat([zeros, final_c], -1)))
     else:
         # Elman RNN: h = act(gi + gh); act' from the state itself, with autograd's rules (relu: 0 where h <= 0, so a
         # NaN state passes its gradient on, as torch's threshold_backward does).
@@ -414,7 +420,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             d = v * slope
             return d, d
 
-        start = Scaled.of(zeros)
+        start = _zero_rows(zeros)
     interval = every or renorm_interval(gain)
     if valid is None:  # the lean loop: each carry written into its row, nothing stacked
         mantissa, exps, carry = _recurse_into(step_into, start, direct_h, interval)

@@ -150,10 +150,10 @@ def _group_stats(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tens
                 "direct_log10_norm": minus_inf, "exactly_zero": ~flags, "structurally_zero": ~flags,
                 "zero_cause": np.full((blocks, steps), "structural", dtype=object), "underflow": flags,
                 "nonfinite": flags, "forward_nonfinite": flags}
-    over = (1, 3)  # batch and units
-    max_abs = torch.maximum(grad.amax(dim=over), -grad.amin(dim=over)).double()  # NaN/inf iff non-finite there
+    # Reductions over units (the contiguous last axis) first, then over the batch: faster than over both at once.
+    max_abs = row_max_abs(grad).amax(dim=1).double()  # NaN/inf iff non-finite there
     exactly_zero = max_abs == 0
-    structurally_zero = reached.view(torch.uint8).amax(dim=over) == 0  # (10x faster than bool .any() here)
+    structurally_zero = reached.view(torch.uint8).amax(dim=3).amax(dim=1) == 0  # (10x faster than bool .any())
     row_norm = torch.linalg.vector_norm(mantissa, dim=-1).double()  # mantissas are small: no overflow in the dtype
     exponent_log10 = exponent.double() * LOG10_2
     log10_norm = log10_norm_over(torch.log10(row_norm) + exponent_log10, dim=1)

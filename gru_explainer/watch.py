@@ -26,8 +26,9 @@ is False there and the frame counts them (`padded_items`; `zero_cause` "padding"
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -362,8 +363,12 @@ class _CallInfo:
     unbatched: bool
 
 
-def _layer_view(recording: Recording, module: nn.RNNBase, layer: int) -> nn.RNNBase:
-    """A batch-first one-layer module whose parameters ARE layer `layer` of `module` (cached, refreshed per call)."""
+def _layer_view(recording: Recording, module: nn.RNNBase, layer: int) -> Callable[..., tuple]:
+    """A batch-first one-layer module whose parameters ARE layer `layer` of `module` (cached, refreshed per call).
+
+    A batch-first one-layer module is its own view: its class's forward, bound to it (not the watched forward)."""
+    if module.num_layers == 1 and module.batch_first:
+        return functools.partial(_base_class(module).forward, module)
     key = (id(module), layer)
     view = recording._views.get(key)
     num_dirs = 2 if module.bidirectional else 1
