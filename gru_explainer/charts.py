@@ -1,4 +1,7 @@
-"""Altair charts of a `GradientReport`: pure functions from its DataFrames to `alt.Chart` (no Streamlit here).
+"""Vega-Lite charts of a `GradientReport`: pure functions from its DataFrames to charts (no Streamlit here).
+
+The explorer's, puzzle's and decay charts are built as plain Vega-Lite dicts (`VegaLiteChart`: ms, where Altair's
+objects took ~0.6 s for the explorer's norm chart) with Altair's `to_dict` / `to_json`; the others are Altair charts.
 
 Exact zeros and non-finite values are never dropped silently. Log scales plot the TRUE magnitudes (the frame's
 log10_norm), so a value float32 shows as 0 (underflow) or inf is drawn where it really is, beside a dashed line at
@@ -9,6 +12,7 @@ values (NaN) in one above it, one marker shape per cause (the core's zero_cause)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -86,6 +90,109 @@ def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
     data = alt.InlineData(values=[])
     data.values = json.loads(rows.to_json(orient="records"))
     return data
+
+
+AUTOSIZE_PAD = {"type": "pad"}
+"""`PAD` in a plain spec."""
+_TYPES = {"Q": "quantitative", "N": "nominal", "O": "ordinal"}
+
+
+def _field(shorthand: str, **props: object) -> dict:
+    """An encoding of one data field from Altair's shorthand ("t:Q", "series:N", "unit:O") and its properties."""
+    name, kind = shorthand.rsplit(":", 1)
+    return {"field": name, "type": _TYPES[kind], **props}
+
+
+def _column_values(column: pd.Series) -> list | None:
+    """A column's values as Altair's sanitiser gives them (Python scalars; NaN, inf and missing values None), or
+    None for a kind of column it treats otherwise (dates, nullable numbers: left to Altair)."""
+    kind = column.dtype.kind
+    if kind == "O":  # object, str and categories
+        return [None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else
+                v.tolist() if isinstance(v, np.ndarray) else v for v in column.tolist()]
+    if not isinstance(column.dtype, np.dtype):
+        return None
+    if kind in "biu":
+        return column.tolist()
+    if kind == "f":
+        return [v if math.isfinite(v) else None for v in column.tolist()]
+    return None
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    """The rows as Altair serialises a chart's DataFrame (its sanitised values) up to its row limit, inline JSON
+    values past it (as `chart_data`). Sanitised here column by column: Altair's own sanitiser took ~30 ms for the
+    explorer's 30 rows."""
+    if len(rows) > ALTAIR_MAX_ROWS:
+        return json.loads(rows.to_json(orient="records"))
+    columns = [_column_values(rows[name]) for name in rows.columns]
+    if any(values is None for values in columns) or not all(isinstance(name, str) for name in rows.columns):
+        return alt.data_transformers.get()(rows)["values"]
+    names = list(rows.columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)] if names else [{}] * len(rows)
+
+
+def _dataset_name(values: list) -> str:
+    """A data set's name as Altair gives it (a hash of its values), so specs match Altair's own."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return "data-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """`base` updated by `update`, nested dicts merged (`update` wins): how Altair applies its theme."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class VegaLiteChart:
+    """A chart built as a plain Vega-Lite dict, its data sets as DataFrames under "data" keys (anywhere in it).
+
+    Building the same charts from Altair objects cost the explorer ~0.7 s per config (Altair deep-copies every
+    sub-chart at each layer, facet, resolve and properties step); a dict costs a few ms. It has the part of Altair's
+    chart API the pages, the CLI and the tests use: `to_dict` and `to_json` give what Altair would (each data set
+    named in `datasets`, the active theme's config, $schema), validated against the same Vega-Lite schema.
+    """
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+
+    def _copy(self, node: object, datasets: dict) -> object:
+        """A copy of `node` with every DataFrame moved into `datasets` (and named where it was)."""
+        if isinstance(node, dict):
+            return {k: self._copy(v, datasets) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [self._copy(v, datasets) for v in node]
+        if isinstance(node, pd.DataFrame):
+            values = _records(node)
+            if not alt.data_transformers.consolidate_datasets:
+                return {"values": values}
+            name = _dataset_name(values)
+            datasets[name] = values
+            return {"name": name}
+        return node
+
+    def to_dict(self, validate: bool = True) -> dict:
+        """The Vega-Lite spec as JSON-ready dicts (a fresh copy); `validate` checks it against Vega-Lite's schema."""
+        datasets: dict = {}
+        spec = self._copy(self.spec, datasets)
+        if validate:  # as Altair: before the data sets, $schema and the theme are added
+            top = alt.TopLevelFacetSpec if "facet" in spec else alt.TopLevelLayerSpec if "layer" in spec else \
+                alt.TopLevelUnitSpec
+            top.validate(spec)
+        spec.setdefault("$schema", alt.SCHEMA_URL)
+        if theme := alt.theme.get():
+            spec = _merged(theme(), spec)
+        if datasets:
+            spec["datasets"] = datasets
+        return spec
+
+    def to_json(self, validate: bool = True, indent: int | str | None = 2, sort_keys: bool = True,
+                **kwargs: object) -> str:
+        """`to_dict` as JSON text (Altair's defaults: indented, keys sorted, non-ASCII kept)."""
+        kwargs.setdefault("ensure_ascii", False)
+        return json.dumps(self.to_dict(validate=validate), indent=indent, sort_keys=sort_keys, **kwargs)
 
 
 def _fmt(value: float) -> str:
@@ -291,7 +398,7 @@ def _value_px(value: float, rows: pd.DataFrame, height: int) -> int:
     return round(height * (high - math.log10(value)) / (high - low))
 
 
-def _marker_scale(rows: pd.DataFrame, series_order: list[str]) -> alt.Scale:
+def _marker_scale(rows: pd.DataFrame, series_order: list[str]) -> dict:
     """Shapes of the marker legend: each series' own shape, then one per cause present."""
     present = list(dict.fromkeys(rows["marker"]))
     domain, shapes = [], []
@@ -304,19 +411,24 @@ def _marker_scale(rows: pd.DataFrame, series_order: list[str]) -> alt.Scale:
             if label in present:
                 domain.append(label)
                 shapes.append(STATUS_SHAPES[status])
-    return alt.Scale(domain=domain or ["none"], range=shapes or ["circle"])
+    return {"domain": domain or ["none"], "range": shapes or ["circle"]}
 
 
-def _legend(title: str, **kwargs) -> alt.Legend:
+def _legend(title: str, **kwargs: object) -> dict:
     """A top legend that wraps into columns (never one long row) and follows the theme's text colour."""
-    return alt.Legend(title=title, orient="top", direction="horizontal", labelLimit=280, symbolLimit=0, **kwargs)
+    return {"title": title, "orient": "top", "direction": "horizontal", "labelLimit": 280, "symbolLimit": 0, **kwargs}
 
 
-def _band_group(rows: pd.DataFrame, height: int, width: int, x: alt.X, color, shape, tooltip: list,
-                size: float = 55) -> alt.LayerChart | None:
+COUNT = [{"aggregate": [{"op": "count", "as": "n"}]}]
+"""One row (a count): a layer drawn once per panel, not once per data row."""
+
+
+def _band_group(rows: pd.DataFrame, height: int, width: int, x: dict, color: dict, shape: dict, tooltip: list,
+                size: float = 55) -> list[dict] | None:
     """The layers drawn in pixel space beside the value axis: the zero band below the plot (one row per series,
     shaded), the inf/NaN band above it, and the labels of those rows and of the dtype's range lines, all on one
-    right-hand axis (its labels follow the theme's text colour). None when there is nothing to draw."""
+    right-hand axis (its labels follow the theme's text colour). None when there is nothing to draw. The caller's
+    layer holds them and sets the plot's `width` × `height`."""
     labels: dict[int, str] = {}
     count = len(rows.attrs["band_labels"])
     if count and rows.attrs.get("band_label"):
@@ -335,28 +447,27 @@ def _band_group(rows: pd.DataFrame, height: int, width: int, x: alt.X, color, sh
     expr = "''"
     for px, text in sorted(labels.items()):
         expr = f"datum.value == {px} ? {json.dumps(text)} : {expr}"
-    band_y = dict(scale=alt.Scale(domain=[top, bottom], range=[top, bottom], nice=False, zero=False),
-                  axis=alt.Axis(orient="right", values=sorted(labels), labelExpr=expr, title=None, grid=False,
-                                ticks=False, domain=False, labelFontSize=10, labelPadding=4, labelLimit=160))
-    base = alt.Chart().properties(width=width, height=height)
-    layers: list[alt.Chart] = []
-    shade = base.transform_aggregate(n="count()").mark_rect(color=GUIDE_GRAY, opacity=0.12)
+    band_y = {"scale": {"domain": [top, bottom], "range": [top, bottom], "nice": False, "zero": False},
+              "axis": {"orient": "right", "values": sorted(labels), "labelExpr": expr, "title": None, "grid": False,
+                       "ticks": False, "domain": False, "labelFontSize": 10, "labelPadding": 4, "labelLimit": 160}}
+    across = {"x": {"value": 0}, "x2": {"value": "width"}}
+    layers: list[dict] = []
+    shade = {"mark": {"type": "rect", "color": GUIDE_GRAY, "opacity": 0.12}, "transform": COUNT}
     if rows.attrs["band_labels"]:
-        layers.append(shade.encode(x=alt.value(0), x2=alt.value("width"),
-                                   y=alt.YDatum(height + BAND_GAP - 3, **band_y), y2=alt.Y2Datum(bottom)))
+        layers.append({**shade, "encoding": {**across, "y": {"datum": height + BAND_GAP - 3, **band_y},
+                                             "y2": {"datum": bottom}}})
     if rows.attrs["top_band"]:
-        layers.append(shade.encode(x=alt.value(0), x2=alt.value("width"), y=alt.YDatum(top, **band_y),
-                                   y2=alt.Y2Datum(-2)))
-    rule = base.transform_aggregate(n="count()").mark_rule(color=GUIDE_GRAY, strokeDash=[5, 3], strokeWidth=1.2)
+        layers.append({**shade, "encoding": {**across, "y": {"datum": top, **band_y}, "y2": {"datum": -2}}})
+    rule = {"mark": {"type": "rule", "color": GUIDE_GRAY, "strokeDash": [5, 3], "strokeWidth": 1.2}, "transform": COUNT}
     for value, _ in rows.attrs["limits"]:
-        layers.append(rule.encode(x=alt.value(0), x2=alt.value("width"),
-                                  y=alt.YDatum(_value_px(value, rows, height), **band_y)))
+        layers.append({**rule, "encoding": {**across, "y": {"datum": _value_px(value, rows, height), **band_y}}})
     band_px = f"datum.band_row < 0 ? {_band_px(-1, height)} : {height + BAND_GAP + BAND_STEP // 2} + " \
               f"{BAND_STEP} * datum.band_row"
-    points = base.transform_filter("isValid(datum.band_row)").transform_calculate(_band_px=band_px).mark_point(
-        size=min(size, 45), filled=True, opacity=0.95)
-    layers.append(points.encode(x=x, y=alt.Y("_band_px:Q", **band_y), color=color, shape=shape, tooltip=tooltip))
-    return alt.layer(*layers)
+    layers.append({"mark": {"type": "point", "size": min(size, 45), "filled": True, "opacity": 0.95},
+                   "transform": [{"filter": "isValid(datum.band_row)"}, {"calculate": band_px, "as": "_band_px"}],
+                   "encoding": {"x": x, "y": _field("_band_px:Q", **band_y), "color": color, "shape": shape,
+                                "tooltip": tooltip}})
+    return layers
 
 
 def _floor_ceiling(positive: pd.Series, log_scale: bool) -> tuple[float, float]:
@@ -369,23 +480,23 @@ def _floor_ceiling(positive: pd.Series, log_scale: bool) -> tuple[float, float]:
     return 0.0, high * 1.15
 
 
-def _tooltip(extra: list[alt.Tooltip] | None = None, dtype: str = "float32") -> list[alt.Tooltip]:
+def _tooltip(extra: list[dict] | None = None, dtype: str = "float32") -> list[dict]:
     return [
-        alt.Tooltip("series:N", title="gradient"),
+        _field("series:N", title="gradient"),
         *(extra or []),
-        alt.Tooltip("t:Q", title="step t"),
-        alt.Tooltip("true_text:N", title="L2 norm (true)"),
-        alt.Tooltip("norm_text:N", title=f"L2 norm in {dtype}"),
-        alt.Tooltip("max_abs_text:N", title="max |value|"),
-        alt.Tooltip("status_label:N", title="status"),
+        _field("t:Q", title="step t"),
+        _field("true_text:N", title="L2 norm (true)"),
+        _field("norm_text:N", title=f"L2 norm in {dtype}"),
+        _field("max_abs_text:N", title="max |value|"),
+        _field("status_label:N", title="status"),
     ]
 
 
-def _series_scales(quantities: list[str]) -> tuple[alt.Scale, alt.Scale]:
+def _series_scales(quantities: list[str]) -> tuple[dict, dict]:
     """Colour and dash scales of the series present (colour-blind safe, dash redundant with colour)."""
     domain = [SERIES[q] for q in quantities]
-    return (alt.Scale(domain=domain, range=[SERIES_COLORS[q] for q in quantities]),
-            alt.Scale(domain=domain, range=[SERIES_DASHES[q] for q in quantities]))
+    return ({"domain": domain, "range": [SERIES_COLORS[q] for q in quantities]},
+            {"domain": domain, "range": [SERIES_DASHES[q] for q in quantities]})
 
 
 LOG_LABEL = ("datum.value >= 0.001 && datum.value < 100000 ? format(datum.value, '~g') "
@@ -404,57 +515,58 @@ def _log_ticks(domain: tuple[float, float]) -> list[float]:
     return [t for t in ticks if domain[0] <= t <= domain[1]]
 
 
-def _log_axis(rows: pd.DataFrame) -> alt.Axis:
+def _log_axis(rows: pd.DataFrame) -> dict:
     """The log value axis: explicit decade ticks over the rows' fixed domain (no gridline in between)."""
-    return alt.Axis(values=_log_ticks(rows.attrs["domain"]), labelExpr=LOG_LABEL, labelOverlap=True)
+    return {"values": _log_ticks(rows.attrs["domain"]), "labelExpr": LOG_LABEL, "labelOverlap": True}
 
 
-def _y_scale(rows: pd.DataFrame) -> alt.Scale:
+def _y_scale(rows: pd.DataFrame) -> dict:
     """The value axis: log over the rows' fixed domain, or linear from exactly 0 (nothing drawn below 0)."""
     if rows.attrs["log_scale"]:
-        return alt.Scale(type="log", domain=list(rows.attrs["domain"]), nice=False, clamp=False)
-    return alt.Scale(type="linear", domainMin=0, zero=True, nice=True)
+        return {"type": "log", "domain": list(rows.attrs["domain"]), "nice": False, "clamp": False}
+    return {"type": "linear", "domainMin": 0, "zero": True, "nice": True}
 
 
-def _norm_layers(rows: pd.DataFrame, log_scale: bool, y_title: str, extra_tooltip: list[alt.Tooltip] | None,
-                 width: int, height: int, embed_data: bool) -> alt.LayerChart:
+def _norm_layers(rows: pd.DataFrame, log_scale: bool, y_title: str, extra_tooltip: list[dict] | None,
+                 width: int, height: int, embed_data: bool) -> dict:
     """Lines + markers on the value axis, and the zero / inf-NaN bands beside it, over `rows` (embedded, or
-    supplied by a facet). y.grad is drawn last, larger and hollow, so where it equals dL/dh_t both are seen."""
+    supplied by a facet): a layer spec. y.grad is drawn last, larger and hollow, so where it equals dL/dh_t both
+    are seen."""
     quantities = [q for q in SERIES if q in set(rows["quantity"])]
     dtype = rows.attrs["dtype"]
     y_scale = _y_scale(rows)
     band_height = _band_height(rows)
-    x = alt.X("t:Q", title="time step t", scale=alt.Scale(nice=False, padding=8),
-              axis=alt.Axis(tickMinStep=1, format="d", offset=band_height))
-    y_axis = _log_axis(rows) if log_scale else alt.Axis(format="~g", labelOverlap=True)
+    x = _field("t:Q", title="time step t", scale={"nice": False, "padding": 8},
+               axis={"tickMinStep": 1, "format": "d", "offset": band_height})
+    y_axis = _log_axis(rows) if log_scale else {"format": "~g", "labelOverlap": True}
     color_scale, dash_scale = _series_scales(quantities)
-    color = alt.Color("series:N", scale=color_scale, legend=_legend("gradient", symbolType="stroke"))
-    dash = alt.StrokeDash("series:N", scale=dash_scale, legend=_legend("gradient", symbolType="stroke"))
-    shape = alt.Shape("marker:N", scale=_marker_scale(rows, quantities),
-                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
+    color = _field("series:N", scale=color_scale, legend=_legend("gradient", symbolType="stroke"))
+    dash = _field("series:N", scale=dash_scale, legend=_legend("gradient", symbolType="stroke"))
+    shape = _field("marker:N", scale=_marker_scale(rows, quantities),
+                   legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
     tooltip = _tooltip(extra_tooltip, dtype)
-    base = alt.Chart().properties(width=width, height=height)
     steps = max(1, int(rows["t"].max()) - int(rows["t"].min()) + 1) if len(rows) else 1
     size = float(np.clip((0.9 * width / steps) ** 2, 10, 55))  # markers shrink on long sequences
-    on_axis = base.transform_filter("!isValid(datum.band_row)")
-    line = base.mark_line(strokeWidth=2, clip=True, invalid="break-paths-filter-domains").encode(
-        x=x, y=alt.Y("line_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, strokeDash=dash,
-        detail="series:N")
-    encoding = dict(x=x, y=alt.Y("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color,
-                    shape=shape, tooltip=tooltip)
-    main: list[alt.Chart] = [line]
+    line = {"mark": {"type": "line", "strokeWidth": 2, "clip": True, "invalid": "break-paths-filter-domains"},
+            "encoding": {"x": x, "y": _field("line_y:Q", title=y_title, scale=y_scale, axis=y_axis), "color": color,
+                         "strokeDash": dash, "detail": _field("series:N")}}
+    encoding = {"x": x, "y": _field("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), "color": color,
+                "shape": shape, "tooltip": tooltip}
+    main: list[dict] = [line]
     for quantity in sorted(quantities, key=lambda q: q == "stacked_output"):  # y.grad last: on top
-        mine = on_axis.transform_filter(alt.datum.quantity == quantity)
+        mine = [{"filter": "!isValid(datum.band_row)"}, {"filter": f"(datum.quantity === {quantity!r})"}]
         if quantity == "stacked_output":
-            main.append(mine.mark_point(size=2.7 * size, filled=False, strokeWidth=2 if size > 20 else 1.2,
-                                        opacity=1).encode(**encoding))
+            mark = {"type": "point", "size": 2.7 * size, "filled": False, "strokeWidth": 2 if size > 20 else 1.2,
+                    "opacity": 1}
         else:
-            main.append(mine.mark_point(size=size, filled=True, opacity=0.95).encode(**encoding))
-    data = {"data": chart_data(rows)} if embed_data else {}
+            mark = {"type": "point", "size": size, "filled": True, "opacity": 0.95}
+        main.append({"mark": mark, "encoding": encoding, "transform": mine})
+    data = {"data": rows} if embed_data else {}
     band = _band_group(rows, height, width, x, color, shape, tooltip, size=size)
     if band is None:
-        return alt.layer(*main, **data)
-    return alt.layer(alt.layer(*main), band, **data).resolve_scale(y="independent")
+        return {**data, "layer": main, "width": width, "height": height}
+    return {**data, "layer": [{"layer": main}, {"layer": band}], "width": width, "height": height,
+            "resolve": {"scale": {"y": "independent"}}}
 
 
 def _norm_title(rows: pd.DataFrame, what: str) -> list[str]:
@@ -474,7 +586,7 @@ def _norm_title(rows: pd.DataFrame, what: str) -> list[str]:
     return lines
 
 
-def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool, dtype: str | None = None) -> alt.FacetChart:
+def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool, dtype: str | None = None) -> VegaLiteChart:
     """Per-step gradient norm of y.grad vs dL/dh_t (and dL/dc_t), one panel per layer (rows) and direction.
 
     Log scale plots true magnitudes (also below / above the dtype's range); `dtype` (default: inferred) names it.
@@ -484,23 +596,25 @@ def gradient_norm_chart(frame: pd.DataFrame, log_scale: bool, dtype: str | None 
     rows.attrs["band_label"] = "exactly 0"
     num_dirs = max(1, rows["direction"].nunique())
     y_title = "gradient norm" + (" (log scale)" if log_scale else "")
-    layered = _norm_layers(rows, log_scale, y_title, [alt.Tooltip("layer_label:N", title="layer"),
-                                                      alt.Tooltip("direction:N", title="direction")],
+    layered = _norm_layers(rows, log_scale, y_title, [_field("layer_label:N", title="layer"),
+                                                      _field("direction:N", title="direction")],
                            width=520 if num_dirs == 1 else 300, height=170, embed_data=False)
     spacing = 16 + _band_height(rows) + (TOP_BAND if rows.attrs["top_band"] else 0)
-    return layered.facet(
-        data=chart_data(rows),
-        row=alt.Row("layer_label:N", title=None, sort="descending", header=alt.Header(labelAngle=0, labelAlign="left")),
-        column=alt.Column("direction:N", title=None, sort=["forward", "reverse"]),
-        spacing={"row": spacing, "column": 16},
-    ).properties(
-        title=alt.Title("Where the gradient lands, per time step", subtitle=_norm_title(
+    return VegaLiteChart({
+        "data": rows,
+        "facet": {"row": _field("layer_label:N", title=None, sort="descending",
+                                header={"labelAngle": 0, "labelAlign": "left"}),
+                  "column": _field("direction:N", title=None, sort=["forward", "reverse"])},
+        "spec": layered,
+        "spacing": {"row": spacing, "column": 16},
+        "title": {"text": "Where the gradient lands, per time step", "subtitle": _norm_title(
             rows, "y.grad is the partial derivative of the stacked output; dL/dh_t is the total derivative the "
-                  "recurrence carries back through time. Norm = L2 over batch × units per step.")),
-    ).resolve_scale(y="independent")  # the domains are fixed, so the panels still share one value axis
+                  "recurrence carries back through time. Norm = L2 over batch × units per step.")},
+        "resolve": {"scale": {"y": "independent"}},  # the domains are fixed, so the panels still share one axis
+    })
 
 
-def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.LayerChart:
+def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> VegaLiteChart:
     """The puzzle's answer in one chart: per-step norm of y.grad vs dL/dh_t of the last layer (linear scale)."""
     last = int(frame.loc[frame["quantity"] == "hidden_state", "layer"].max())
     rows = norm_rows(frame[(frame["layer"] == last) & (frame["direction"] == "forward")], log_scale=False,
@@ -515,9 +629,10 @@ def puzzle_chart(frame: pd.DataFrame, target: str = "y[:, -1].sum()") -> alt.Lay
                      + (", where it equals dL/dh_t." if _equal_at(rows, read) else "."))
     if zero:
         lines.append(f"Squares in the band below: y.grad is exactly 0 at t = {_steps(zero)} (no graph path).")
-    return _norm_layers(rows, False, y_title, None, width=600, height=240, embed_data=True).properties(
-        autosize=PAD, title=alt.Title("y.grad is zero before the read step; the hidden states h_t are not",
-                                      subtitle=lines, anchor="start"))
+    return VegaLiteChart({
+        **_norm_layers(rows, False, y_title, None, width=600, height=240, embed_data=True), "autosize": AUTOSIZE_PAD,
+        "title": {"text": "y.grad is zero before the read step; the hidden states h_t are not", "subtitle": lines,
+                  "anchor": "start"}})
 
 
 def _steps(steps: list[int]) -> str:
@@ -541,29 +656,28 @@ def _equal_at(rows: pd.DataFrame, steps: list[int]) -> bool:
         return False
 
 
-def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
+def input_grad_chart(frame: pd.DataFrame) -> VegaLiteChart:
     """Per-step norm of dL/dx_t: which inputs the target depends on (exact zeros in a band below, not hidden)."""
     rows = norm_rows(frame, log_scale=False, quantities=("input",))
     height, width = 160, 560
-    base = alt.Chart().properties(width=width, height=height)
     band_height = _band_height(rows)
     steps = int(rows["t"].max()) + 1 if len(rows) else 1
     every = next(k for k in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000, 10**9) if steps / k <= 20)
-    x = alt.X("t:O", title="time step t", axis=alt.Axis(values=list(range(0, steps, every)), labelAngle=0,
-                                                         offset=band_height))
+    x = _field("t:O", title="time step t", axis={"values": list(range(0, steps, every)), "labelAngle": 0,
+                                                  "offset": band_height})
     y_title = "‖dL/dx_t‖ (L2 over batch × features)"
-    bars = base.mark_bar(color=SERIES_COLORS["input"], clip=True).encode(
-        x=x, y=alt.Y("line_y:Q", title=y_title, scale=_y_scale(rows)), tooltip=_tooltip())
+    bars = {"mark": {"type": "bar", "color": SERIES_COLORS["input"], "clip": True},
+            "encoding": {"x": x, "y": _field("line_y:Q", title=y_title, scale=_y_scale(rows)), "tooltip": _tooltip()}}
     statuses = [s for s in STATUS_SHAPES if s in set(rows["status"])]
     labels = [rows.loc[rows["status"] == s, "status_label"].iloc[0] for s in statuses]
-    shape = alt.Shape("status_label:N", scale=alt.Scale(domain=labels or ["none"],
-                                                        range=[STATUS_SHAPES[s] for s in statuses] or ["circle"]),
-                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY))
+    shape = _field("status_label:N", scale={"domain": labels or ["none"],
+                                            "range": [STATUS_SHAPES[s] for s in statuses] or ["circle"]},
+                   legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY))
     rows.attrs["band_labels"] = ["dL/dx_t = 0"] if rows.attrs["band_labels"] else []
-    band = _band_group(rows, height, width, x, alt.value(SERIES_COLORS["input"]), shape, _tooltip())
-    data = chart_data(rows)
-    chart = alt.layer(bars, data=data) if band is None else alt.layer(bars, band, data=data).resolve_scale(
-        y="independent")
+    band = _band_group(rows, height, width, x, {"value": SERIES_COLORS["input"]}, shape, _tooltip())
+    chart = {"data": rows, "layer": [bars], "width": width, "height": height} if band is None else {
+        "data": rows, "layer": [bars, {"layer": band}], "width": width, "height": height,
+        "resolve": {"scale": {"y": "independent"}}}
     subtitle = ["Norm of the input gradient per step; markers in the band below are steps where it is 0."]
     for status, text in (("structural", "no graph path (x_t cannot influence the target: causality, direction)"),
                          ("zero_on_path", "exactly 0 on a path"),
@@ -571,8 +685,8 @@ def input_grad_chart(frame: pd.DataFrame) -> alt.LayerChart:
         steps_of = rows.loc[rows["status"] == status, "t"].tolist()
         if steps_of:
             subtitle.append(f"t = {_steps(steps_of)}: {text}.")
-    return chart.properties(autosize=PAD, title=alt.Title("Which inputs the target depends on", subtitle=subtitle,
-                                                          anchor="start"))
+    return VegaLiteChart({**chart, "autosize": AUTOSIZE_PAD, "title": {
+        "text": "Which inputs the target depends on", "subtitle": subtitle, "anchor": "start"}})
 
 
 def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -> tuple[pd.DataFrame, int]:
@@ -621,39 +735,38 @@ def heatmap_domain(rows: pd.DataFrame) -> list[float]:
     return [-m, m]
 
 
-def unit_heatmap(unit_frame: pd.DataFrame, log_magnitude: bool = False) -> alt.FacetChart:
+def unit_heatmap(unit_frame: pd.DataFrame, log_magnitude: bool = False) -> VegaLiteChart:
     """Time × hidden unit heatmaps, one panel per quantity: the signed value on a diverging scale symmetric around
     0, or (`log_magnitude`) log10 |true value| so vanishing gradients stay visible; non-finite crossed."""
     rows, stride = heatmap_rows(unit_frame)
     quantities = [q for q in SERIES if q in set(rows["quantity"])]
-    tooltip = [alt.Tooltip("series:N", title="gradient"), alt.Tooltip("t:Q", title="step t"),
-               alt.Tooltip("unit:Q", title="hidden unit"), alt.Tooltip("value_text:N", title="value"),
-               alt.Tooltip("magnitude_text:N", title="|value| (true)")]
-    x = alt.X("t:O", title="time step t" + (f" (bins of {stride})" if stride > 1 else ""),
-              axis=alt.Axis(labelOverlap=True))
-    y = alt.Y("unit:O", title="hidden unit", axis=alt.Axis(labelOverlap=True))
-    base = alt.Chart().properties(width=300 if len(quantities) <= 2 else 230, height=240)
-    legend = alt.Legend(orient="bottom", direction="horizontal", gradientLength=260, titleLimit=400)
+    tooltip = [_field("series:N", title="gradient"), _field("t:Q", title="step t"),
+               _field("unit:Q", title="hidden unit"), _field("value_text:N", title="value"),
+               _field("magnitude_text:N", title="|value| (true)")]
+    x = _field("t:O", title="time step t" + (f" (bins of {stride})" if stride > 1 else ""),
+               axis={"labelOverlap": True})
+    y = _field("unit:O", title="hidden unit", axis={"labelOverlap": True})
+    legend = {"orient": "bottom", "direction": "horizontal", "gradientLength": 260, "titleLimit": 400}
+    cell = {"x": x, "y": y, "tooltip": tooltip}
     if log_magnitude:
         finite = pd.to_numeric(rows["log10_magnitude"], errors="coerce").dropna()
         low, high = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 0.0)
         high = high if high > low else low + 1
-        color = alt.Color("log10_magnitude:Q", title="log10 |gradient value| (true magnitude)",
-                          scale=alt.Scale(scheme="viridis", domain=[low, high]), legend=legend)
-        cells = base.transform_filter("isValid(datum.log10_magnitude)").mark_rect()
-        layers = [cells.encode(x=x, y=y, tooltip=tooltip, color=color)]
+        color = _field("log10_magnitude:Q", title="log10 |gradient value| (true magnitude)",
+                       scale={"scheme": "viridis", "domain": [low, high]}, legend=legend)
+        layers = [{"mark": {"type": "rect"}, "transform": [{"filter": "isValid(datum.log10_magnitude)"}],
+                   "encoding": {**cell, "color": color}}]
         if rows["zero"].any():
-            layers.append(base.transform_filter(alt.datum.zero).mark_rect(color=GUIDE_GRAY, opacity=0.35).encode(
-                x=x, y=y, tooltip=tooltip))
+            layers.append({"mark": {"type": "rect", "color": GUIDE_GRAY, "opacity": 0.35},
+                           "transform": [{"filter": "datum.zero"}], "encoding": cell})
         subtitle = [f"Colour: log10 of the true |value| ({_fmt_log10(low)} to {_fmt_log10(high)}), also below the "
                     "dtype's range; the sign is not shown."]
         if rows["zero"].any():
             subtitle.append("Gray cells are exactly 0.")
     else:
-        color = alt.Color("value:Q", title="gradient value (diverging, symmetric around 0)",
-                          scale=alt.Scale(scheme="blueorange", domain=heatmap_domain(rows), domainMid=0),
-                          legend=legend)
-        layers = [base.mark_rect().encode(x=x, y=y, tooltip=tooltip, color=color)]
+        color = _field("value:Q", title="gradient value (diverging, symmetric around 0)",
+                       scale={"scheme": "blueorange", "domain": heatmap_domain(rows), "domainMid": 0}, legend=legend)
+        layers = [{"mark": {"type": "rect"}, "encoding": {**cell, "color": color}}]
         m = heatmap_domain(rows)[1]
         subtitle = [f"Colour: the value on a diverging scale from −{_fmt(m)} (blue) through 0 (light) to {_fmt(m)} "
                     "(orange)."]
@@ -661,16 +774,16 @@ def unit_heatmap(unit_frame: pd.DataFrame, log_magnitude: bool = False) -> alt.F
     # cells without one (undefined) are crossed.
     crossed = "nonfinite" if log_magnitude else "value_nonfinite"
     if rows[crossed].any():
-        layers.append(base.transform_filter(alt.datum[crossed]).mark_point(
-            shape="cross", color=GUIDE_GRAY, filled=True).encode(x=x, y=y, tooltip=tooltip))
+        layers.append({"mark": {"type": "point", "shape": "cross", "color": GUIDE_GRAY, "filled": True},
+                       "transform": [{"filter": f"datum[{crossed!r}]"}], "encoding": cell})
         subtitle.append("Crosses mark values with no true size (undefined)." if log_magnitude else
                         "Crosses mark inf/NaN in the dtype (the tooltip gives the true size where there is one).")
     if stride > 1:
         subtitle.append(f"Each column shows the value of largest magnitude in {stride} steps.")
-    return alt.layer(*layers).facet(
-        data=chart_data(rows), column=alt.Column("series:N", title=None, sort=[SERIES[q] for q in quantities]),
-        spacing=12,
-    ).properties(title=alt.Title("Gradient per time step and hidden unit", subtitle=subtitle))
+    return VegaLiteChart({
+        "data": rows, "facet": {"column": _field("series:N", title=None, sort=[SERIES[q] for q in quantities])},
+        "spec": {"layer": layers, "width": 300 if len(quantities) <= 2 else 230, "height": 240}, "spacing": 12,
+        "title": {"text": "Gradient per time step and hidden unit", "subtitle": subtitle}})
 
 
 # --- flow / devices charts ------------------------------------------------------------------------------------------
@@ -721,12 +834,12 @@ def _series_order(rows: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (cells.index(p[0]), p[1] != "hidden_state"))
 
 
-def _line_scales(order: list[tuple[str, str]]) -> tuple[alt.Scale, alt.Scale]:
+def _line_scales(order: list[tuple[str, str]]) -> tuple[dict, dict]:
     """Colour (the cell's) and dash (the cell's for ‖dL/dh_t‖, CELL_STATE_DASH for ‖dL/dc_t‖) per decay line."""
     domain = [series_label(c, q) for c, q in order]
     colors = [CELL_COLORS.get(c, GUIDE_GRAY) for c, _ in order]
     dashes = [CELL_DASHES.get(c, [1, 0]) if q == "hidden_state" else CELL_STATE_DASH for c, q in order]
-    return alt.Scale(domain=domain, range=colors), alt.Scale(domain=domain, range=dashes)
+    return {"domain": domain, "range": colors}, {"domain": domain, "range": dashes}
 
 
 def decay_rows(profile: pd.DataFrame, dtype: str | None = None) -> pd.DataFrame:
@@ -819,7 +932,7 @@ def fit_rows(rates: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
                                        "fit_y", "rate_text"])
 
 
-def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype: str | None = None) -> alt.LayerChart:
+def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype: str | None = None) -> VegaLiteChart:
     """‖dL/dh_t‖ vs distance from the target step, one line per cell on one log scale, at true magnitudes (when
     the profile has them); exact zeros in a band below the plot, inf/NaN in a band above. An LSTM's ‖dL/dc_t‖
     rows (quantity "cell_state") get a line of their own beside its ‖dL/dh_t‖: the cell's colour, CELL_STATE_DASH
@@ -834,16 +947,16 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
     height, width = 300, 620
     band_height = _band_height(rows)
     ahead = bool((rows["distance"] < 0).any())
-    x = alt.X("distance:Q", title="steps back from the target step (distance)" if not ahead else
-              "steps back from the read step (distance; negative: steps ahead of it)",
-              scale=alt.Scale(nice=False, padding=8), axis=alt.Axis(tickMinStep=1, format="d", offset=band_height))
+    x = _field("distance:Q", title="steps back from the target step (distance)" if not ahead else
+               "steps back from the read step (distance; negative: steps ahead of it)",
+               scale={"nice": False, "padding": 8}, axis={"tickMinStep": 1, "format": "d", "offset": band_height})
     y_title = ("‖dL/dh_t‖, ‖dL/dc_t‖" if has_cell else "‖dL/dh_t‖") + " (L2 over batch × units, log scale)"
     y_scale, y_axis = _y_scale(rows), _log_axis(rows)
     color_scale, dash_scale = _line_scales(order)
     # Long legend strokes (20 px): enough of each dash pattern to tell an LSTM's two lines apart.
     line_legend = _legend("cell", symbolType="stroke", symbolSize=400)
-    color = alt.Color("series_label:N", scale=color_scale, legend=line_legend)
-    dash = alt.StrokeDash("series_label:N", scale=dash_scale, legend=line_legend)
+    color = _field("series_label:N", scale=color_scale, legend=line_legend)
+    dash = _field("series_label:N", scale=dash_scale, legend=line_legend)
     present = list(dict.fromkeys(rows["marker"]))
     domain, shapes = [], []
     for cell, quantity in order:
@@ -854,37 +967,39 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
         for label in dict.fromkeys(rows.loc[rows["status"] == status, "status_label"]):
             domain.append(label)
             shapes.append(STATUS_SHAPES[status])
-    shape = alt.Shape("marker:N", scale=alt.Scale(domain=domain or ["none"], range=shapes or ["circle"]),
-                      legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
-    tooltip = [alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("gradient:N", title="gradient"),
-               alt.Tooltip("t:Q", title="step t"), alt.Tooltip("distance:Q", title="steps back"),
-               alt.Tooltip("true_text:N", title="norm (true)"),
-               alt.Tooltip("norm_text:N", title=f"norm in {rows.attrs['dtype']}"),
-               alt.Tooltip("status_label:N", title="status")]
-    base = alt.Chart().properties(width=width, height=height)
+    shape = _field("marker:N", scale={"domain": domain or ["none"], "range": shapes or ["circle"]},
+                   legend=_legend("marker", symbolFillColor=GUIDE_GRAY, symbolStrokeColor=GUIDE_GRAY, columns=3))
+    tooltip = [_field("cell_label:N", title="cell"), _field("gradient:N", title="gradient"),
+               _field("t:Q", title="step t"), _field("distance:Q", title="steps back"),
+               _field("true_text:N", title="norm (true)"),
+               _field("norm_text:N", title=f"norm in {rows.attrs['dtype']}"),
+               _field("status_label:N", title="status")]
     steps = max(1, int(rows["distance"].max() - rows["distance"].min()) + 1) if len(rows) else 1
     size = float(np.clip((0.9 * width / steps) ** 2, 10, 50))
-    main: list[alt.Chart] = [
-        base.mark_line(strokeWidth=2, clip=True, invalid="break-paths-filter-domains").encode(
-            x=x, y=alt.Y("true_line_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, strokeDash=dash,
-            detail="series_label:N"),
-        base.transform_filter("!isValid(datum.band_row)").mark_point(size=size, filled=True, opacity=0.95).encode(
-            x=x, y=alt.Y("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color, shape=shape,
-            tooltip=tooltip),
+    main: list[dict] = [
+        {"mark": {"type": "line", "strokeWidth": 2, "clip": True, "invalid": "break-paths-filter-domains"},
+         "encoding": {"x": x, "y": _field("true_line_y:Q", title=y_title, scale=y_scale, axis=y_axis),
+                      "color": color, "strokeDash": dash, "detail": _field("series_label:N")}},
+        {"mark": {"type": "point", "size": size, "filled": True, "opacity": 0.95},
+         "transform": [{"filter": "!isValid(datum.band_row)"}],
+         "encoding": {"x": x, "y": _field("plot_y:Q", title=y_title, scale=y_scale, axis=y_axis), "color": color,
+                      "shape": shape, "tooltip": tooltip}},
     ]
     if rates is not None:
         fitted_side = profile[profile["side"] == "back"] if "side" in profile else profile  # where the rate is fitted
         fits = fit_rows(rates, fitted_side)
         if not fits.empty:
-            main.append(alt.Chart(fits).mark_line(strokeDash=[1, 3], strokeWidth=1.5, opacity=0.9, clip=True).encode(
-                x=x, y=alt.Y("fit_y:Q", title=y_title, scale=y_scale, axis=y_axis), color=color,
-                detail="series_label:N",
-                tooltip=[alt.Tooltip("cell_label:N", title="cell"), alt.Tooltip("gradient:N", title="gradient"),
-                         alt.Tooltip("rate_text:N", title="fitted rate per step")]))
+            main.append({"data": fits, "mark": {"type": "line", "strokeDash": [1, 3], "strokeWidth": 1.5,
+                                                "opacity": 0.9, "clip": True},
+                         "encoding": {"x": x, "y": _field("fit_y:Q", title=y_title, scale=y_scale, axis=y_axis),
+                                      "color": color, "detail": _field("series_label:N"),
+                                      "tooltip": [_field("cell_label:N", title="cell"),
+                                                  _field("gradient:N", title="gradient"),
+                                                  _field("rate_text:N", title="fitted rate per step")]}})
     band = _band_group(rows, height, width, x, color, shape, tooltip, size=size)
-    data = chart_data(rows)
-    chart = alt.layer(*main, data=data) if band is None else alt.layer(
-        alt.layer(*main).encode(x=x), band.encode(x=x), data=data).resolve_scale(y="independent")
+    chart = {"data": rows, "layer": main, "width": width, "height": height} if band is None else {
+        "data": rows, "layer": [{"layer": main, "encoding": {"x": x}}, {"layer": band, "encoding": {"x": x}}],
+        "width": width, "height": height, "resolve": {"scale": {"y": "independent"}}}
     subtitle = ["Solid/dashed per cell: ‖dL/dh_t‖ per step; dotted: the fitted geometric decay norm ≈ C·rate^k. "
                 "A straight line on this log scale means a constant per-step factor."]
     if has_cell:
@@ -903,8 +1018,8 @@ def decay_chart(profile: pd.DataFrame, rates: pd.DataFrame | None = None, dtype:
         text = "; ".join(notes) + "."
         subtitle.append(text[0].upper() + text[1:])
     what = "hidden-state gradient (and the LSTM's cell-state gradient)" if has_cell else "hidden-state gradient"
-    return chart.properties(autosize=PAD, title=alt.Title(
-        f"How the {what} changes with distance from the target step", subtitle=subtitle))
+    return VegaLiteChart({**chart, "autosize": AUTOSIZE_PAD, "title": {
+        "text": f"How the {what} changes with distance from the target step", "subtitle": subtitle}})
 
 
 def jacobian_rows(frame: pd.DataFrame) -> pd.DataFrame:
