@@ -300,6 +300,14 @@ def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None,
     return coef, a_all
 
 
+def _lstm_gate_grads(dh: Tensor, dc: Tensor, coef: Tensor) -> Tensor:
+    """dL/d(gate pre-activations) [T, B, 4H] (i, f, g from dL/dc_t, o from dL/dh_t) given coef [T, B, 4, H]."""
+    d = torch.empty_like(coef)
+    torch.mul(coef[:, :, :3], dc.unsqueeze(2), out=d[:, :, :3])
+    torch.mul(coef[:, :, 3], dh, out=d[:, :, 3])
+    return d.view(*coef.shape[:2], -1)
+
+
 def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tensor, Tensor, Tensor, Tensor],
                   direct_h: Scaled, final_c: Tensor | None, every: int | None = None, *,
                   initial: tuple[Tensor | None, Tensor | None] | None = None,
@@ -396,7 +404,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             torch.mul(v_c, f_s[s], out=out[:, hidden:])
 
         def gate_grads(v: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:  # gi and gh enter alike
-            d = (torch.stack((c, c, c, v), dim=2) * coef).view(seq_len, batch, 4 * hidden)
+            d = _lstm_gate_grads(v, c, coef)
             return d, d
 
         start = (_zero_rows(torch.cat([zeros, zeros], -1)) if final_c is None or not bool(final_c.any()) else
@@ -467,8 +475,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             torch.mm(d_gi.reshape(-1, 3 * hidden), w_ih, out=input_m[sl].view(-1, w_ih.shape[1]))
         input_grad = Scaled(input_m, exponent)
     elif kind == "lstm":
-        d_gi = torch.stack((cell_grad.mantissa,) * 3 + (hidden_grad.mantissa,), dim=2) * coef
-        input_grad = Scaled(d_gi.view(seq_len, batch, 4 * hidden) @ w_ih, exponent)
+        input_grad = Scaled(_lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef) @ w_ih, exponent)
     else:
         input_grad = Scaled((hidden_grad.mantissa * slope) @ w_ih, exponent)
     return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads)
