@@ -1219,13 +1219,13 @@ def _fluid(spec: dict) -> dict:
             for key, value in node.items():
                 if key == "legend" and isinstance(value, dict):
                     _fluid_legend(value, node)
-                else:
+                elif key not in DATA_KEYS:
                     walk(value, False)
         elif isinstance(node, list):
             for item in node:
                 walk(item, False)
 
-    out = json.loads(json.dumps(spec))
+    out = _spec_copy(spec)
     walk(out, True)
     # Several top legends go one under the other on a phone-width plot (side by side they would be cut off).
     out.setdefault("config", {}).setdefault("legend", {})["layout"] = {"expr": (
@@ -1235,6 +1235,19 @@ def _fluid(spec: dict) -> dict:
     out["autosize"] = {"type": "fit-x", "contains": "padding"}
     out.pop("title", None)
     return out
+
+
+DATA_KEYS = ("data", "datasets")
+"""Where a spec keeps its data rows: never changed by the layout, so shared by its copies (not copied)."""
+
+
+def _spec_copy(node: object) -> object:
+    """A deep copy of a spec's dicts and lists, except its data rows (shared: the layout never changes them)."""
+    if isinstance(node, dict):
+        return {k: v if k in DATA_KEYS else _spec_copy(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_spec_copy(v) for v in node]
+    return node
 
 
 LABEL_CHAR_PX = 6.5
@@ -1352,7 +1365,7 @@ def _legends(spec: dict) -> list[dict]:
 
 def _without_legends(spec: dict) -> dict:
     """`spec` with every legend switched off (the layout's first panel draws them)."""
-    out = json.loads(json.dumps(spec))
+    out = _spec_copy(spec)
     for definition in _legend_defs(out):
         definition["legend"] = None
     return out
