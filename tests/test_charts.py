@@ -570,3 +570,26 @@ def test_decay_chart_with_a_cell_state_fits_a_phone_and_a_desktop(lstm_gru_profi
         drawn = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
         assert drawn <= width + 1, (width, drawn)
         assert "LSTM dL/dc_t" in svg
+
+
+def test_dict_built_charts_serialise_as_altair_would(special_frame, lstm_gru_profile) -> None:
+    """`VegaLiteChart` (the explorer's, puzzle and decay charts, built as dicts for speed) gives what Altair's own
+    serialisation of the same spec and data gives: the rows sanitised alike (None for NaN / inf), each data set
+    named in `datasets` by the same hash, the theme's config and $schema; and it validates against the schema."""
+    import altair as alt
+
+    from gru_explainer.charts import VegaLiteChart, _records, decay_chart, decay_rows, heatmap_rows
+
+    unit_frame = explain(ExplainConfig(cell="lstm")).unit_frame(0, 0)
+    cells, _ = heatmap_rows(unit_frame)
+    for rows in (norm_rows(special_frame, True), norm_rows(special_frame, False), cells, decay_rows(lstm_gru_profile)):
+        assert _records(rows) == alt.data_transformers.get()(rows)["values"]
+    for chart, top in ((input_grad_chart(special_frame), alt.LayerChart), (unit_heatmap(unit_frame), alt.FacetChart),
+                       (decay_chart(lstm_gru_profile), alt.LayerChart)):
+        ours = chart.to_dict()
+        theirs = top.from_dict({k: v for k, v in chart.spec.items() if k != "data"}, validate=False)
+        theirs.data = chart.spec["data"]
+        assert ours == theirs.to_dict()
+        assert json.loads(chart.to_json()) == ours
+    with pytest.raises(Exception, match="mark"):
+        VegaLiteChart({"encoding": {"x": {"field": "t", "type": "quantitative"}}}).to_dict()
