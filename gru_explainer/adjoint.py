@@ -341,8 +341,8 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         coef_s = coef.unbind(0)
 
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
-            terms = v.unsqueeze(1) * coef_s[s]
-            return v, torch.addmm(terms[:, 3], terms[:, :3].reshape(batch, 3 * hidden), w_hh)
+            row_terms = v.unsqueeze(1) * coef_s[s]
+            return v, torch.addmm(row_terms[:, 3], row_terms[:, :3].reshape(batch, 3 * hidden), w_hh)
 
         terms = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row: v · (∂h/∂gh per block | z)
         gates_flat, direct_term = terms[:, :3].view(batch, 3 * hidden), terms[:, 3]
