@@ -4,7 +4,8 @@ Run: ``python -m benchmarks.engine`` (add ``--quick`` for fewer repeats). Prints
 baseline measured in the same process (machines are noisy; compare ratios, not absolute times):
 
 - baseline: the same nn.GRU, ``y, h = gru(x); y[:, -1].sum().backward()`` (parameters require grad);
-- explain(): the whole public call (build, fused forward, direct derivatives, adjoint pass, masks, frame);
+- explain(): the whole public call and its frame (build, fused forward, direct derivatives, adjoint pass, masks;
+  `report.frame` is built on first use, and the case reads it);
 - hidden-state pass: the adjoint recursion alone, given the fused states and the direct derivatives;
 - twin engine: explain(engine="twin"), the unrolled twin with one autograd.grad over every state;
 - the seed answer's hand-written GRU with retain_grad on every h_t, and an nn.GRUCell loop with retain_grad;
@@ -101,9 +102,9 @@ def cases(cfg: ExplainConfig) -> dict[str, Callable[[], object]]:
 
     return {
         "baseline: fused forward+backward": baseline,
-        "explain() (fused engine)": lambda: explain(cfg, limits=LOCAL),
+        "explain() (fused engine)": lambda: explain(cfg, limits=LOCAL).frame,  # the frame is built on first use
         "hidden-state pass alone": lambda: adjoint_pass(gru, x, layer_outputs, direct),
-        "explain(engine='twin')": lambda: explain(cfg, engine="twin", limits=LOCAL),
+        "explain(engine='twin')": lambda: explain(cfg, engine="twin", limits=LOCAL).frame,
         "seed answer's GRU + retain_grad": seed_answer,
         "nn.GRUCell loop + retain_grad": grucell_loop,
     }

@@ -68,10 +68,19 @@ class GradientReport:
     input_magnitude: Scaled  # input_grad rescaled ([B, T, I], exponent [B, T])
     direct_log10_norm: dict[str, Tensor]  # "hidden_state" / "cell_state" -> [L, D, T]: see FRAME_COLUMNS
     flush_denormal: bool  # whether the computing thread flushed denormals to zero
-    frame: pd.DataFrame = field(init=False)
+    _frame: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        self.frame = build_frame(self)
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The tidy per-step table (FRAME_COLUMNS; see `build_frame`), built on first use and kept."""
+        if self._frame is None:
+            self._frame = build_frame(self)
+        return self._frame
+
+    def __getstate__(self) -> dict:
+        """A pickled report carries its frame (st.cache_data hands out an unpickled copy per hit: built once)."""
+        self.frame  # noqa: B018 (builds it)
+        return self.__dict__.copy()
 
     @property
     def stacked_zero_steps(self) -> list[int]:
@@ -190,11 +199,12 @@ def _by_direction(values: Tensor, num_dirs: int) -> Tensor:
     return values.view(batch, steps, num_dirs, width // num_dirs).permute(2, 0, 1, 3)
 
 
-def build_frame(report: GradientReport) -> pd.DataFrame:
+def build_frame(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES) -> pd.DataFrame:
     """One row per (quantity, layer, direction, t): norms in the dtype, true log10 norms, zero causes, flags.
 
     Rows come block by block: the stacked output (per direction), then per layer and direction dL/dh_t (and dL/dc_t),
     then the input. The statistics of all blocks of one quantity are computed together (one reduction each).
+    `quantities` keeps only those rows (the others are not computed): `report.frame` has them all.
     """
     cfg = report.config
     layers, num_dirs, steps = cfg.num_layers, cfg.num_directions, cfg.seq_len
@@ -202,27 +212,33 @@ def build_frame(report: GradientReport) -> pd.DataFrame:
     batch = report.stacked_grad.shape[0]
     stacked = _by_direction(report.stacked_grad, num_dirs)
     states = report.hidden_states.reshape(stacks, batch, steps, -1)
-    groups = {"stacked_output": _group_stats(stacked, _by_direction(report.stacked_read, num_dirs), stacked,
-                                             torch.zeros(stacked.shape[:3], dtype=torch.int32), None,
-                                             _by_direction(report.output, num_dirs))}
+    groups = {}
+    if "stacked_output" in quantities:
+        groups["stacked_output"] = _group_stats(stacked, _by_direction(report.stacked_read, num_dirs), stacked,
+                                                torch.zeros(stacked.shape[:3], dtype=torch.int32), None,
+                                                _by_direction(report.output, num_dirs))
     for quantity, grad, reached, magnitude in (
             ("hidden_state", report.hidden_grad, report.hidden_reached, report.hidden_magnitude),
             ("cell_state", report.cell_grad, report.cell_reached, report.cell_magnitude)):
-        if grad is None or reached is None or magnitude is None:
+        if grad is None or reached is None or magnitude is None or quantity not in quantities:
             continue
         shape = (stacks, batch, steps, -1)
         groups[quantity] = _group_stats(grad.reshape(shape), reached.reshape(shape), magnitude.mantissa.reshape(shape),
                                         magnitude.exponent.reshape(shape[:3]),
                                         report.direct_log10_norm[quantity].reshape(stacks, steps), states)
-    groups["input"] = _group_stats(report.input_grad[None], report.input_reached[None],
-                                   report.input_magnitude.mantissa[None], report.input_magnitude.exponent[None],
-                                   torch.full((1, steps), -math.inf, dtype=torch.float64), None)
+    if "input" in quantities:
+        groups["input"] = _group_stats(report.input_grad[None], report.input_reached[None],
+                                       report.input_magnitude.mantissa[None], report.input_magnitude.exponent[None],
+                                       torch.full((1, steps), -math.inf, dtype=torch.float64), None)
     # The frame's block order: (quantity, row of that quantity's [N, T] arrays, layer, direction).
     order = [("stacked_output", d, layers - 1, d) for d in range(num_dirs)]
     for layer in range(layers):
         for d in range(num_dirs):
-            order += [(q, layer * num_dirs + d, layer, d) for q in ("hidden_state", "cell_state") if q in groups]
+            order += [(q, layer * num_dirs + d, layer, d) for q in ("hidden_state", "cell_state")]
     order.append(("input", 0, 0, None))
+    order = [block for block in order if block[0] in groups]
+    if not order:
+        return pd.DataFrame({name: [] for name in FRAME_COLUMNS})
     columns: dict[str, np.ndarray] = {
         "quantity": np.repeat(np.array([q for q, *_ in order], dtype=object), steps),
         "layer": np.repeat(np.array([layer for *_, layer, _ in order], dtype=np.int64), steps),

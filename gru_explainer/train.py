@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .config import CELL_LABELS
 from .errors import ConfigError
+from .report import build_frame
 from .tasks import MIN_SEQ_LEN, TASKS, TaskBatch, TaskSpec, make_batch, task_accuracy, task_loss, task_spec
 from .watch import watch
 
@@ -289,9 +290,9 @@ def _snapshot(model: TaskModel, cfg: TrainConfig, batch: TaskBatch, step: int,
         loss.backward()
     report = rec.calls[0].report
     inputs, totals = input_profile(report.input_magnitude.log10_row_norm(), batch.relevant)
-    # The frame is filtered and labelled once for all snapshots at the end (`_tables`): one pandas operation on the
-    # whole table costs far less than one per snapshot.
-    frame = report.frame
+    # Only the kept quantities are computed; the frame is labelled once for all snapshots at the end (`_tables`): one
+    # pandas operation on the whole table costs far less than one per snapshot.
+    frame = build_frame(report, SNAPSHOT_QUANTITIES)
     return loss, output, Snapshot(frame, inputs, totals)
 
 
