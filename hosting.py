@@ -186,12 +186,53 @@ def _active_sessions() -> int | None:
         return None
 
 
+def forget_expired_sessions(timeout_s: float = 10.0) -> bool:
+    """Shut down the closed tabs' sessions whose disconnectedSessionTTL has run out; True when it ran.
+
+    Streamlit keeps a closed tab's session (its AppSession: session state, widgets, the last run's elements, uploaded
+    files, media and dataframe sources) in a TTL store for a reconnect. Once the TTL has passed it only hides the
+    entry: the entry goes at the store's next write, which on a quiet server never comes, and then without the
+    session's shutdown (which frees its uploads and media). Measured: after 8 sessions closed, their 8 AppSessions
+    held 55 MiB of tensors for good. Here each expired session is removed and shut down, as Streamlit's close_session
+    does. The store is not thread-safe and Streamlit uses it on its event loop, so this runs there (waiting up to
+    `timeout_s`). A no-op (False) without a running Streamlit server or where its internals differ."""
+    try:
+        from streamlit import runtime
+
+        if not runtime.exists():
+            return False
+        instance = runtime.get_instance()
+        store = instance._session_mgr._session_storage._cache  # noqa: SLF001 (no public API)
+        loop = instance._get_async_objs().eventloop  # noqa: SLF001
+        expire = store.expire
+    except Exception:  # noqa: BLE001 (internal APIs that may change: then the sessions go as Streamlit decides)
+        return False
+    done = threading.Event()
+
+    def on_loop() -> None:
+        try:
+            for _, info in expire():
+                with contextlib.suppress(Exception):  # one session's failing shutdown must not keep the others
+                    info.session.shutdown()
+        finally:
+            done.set()
+
+    try:
+        loop.call_soon_threadsafe(on_loop)
+    except RuntimeError:  # the loop is closed: the server is stopping
+        return False
+    return done.wait(timeout_s)
+
+
 def clear_caches() -> None:
-    """Drop every page cache's values and hand the memory back (what the watchdog does once the server is idle)."""
+    """Drop every page cache's values and the expired sessions, and hand the memory back (what the watchdog does
+    once the server is idle)."""
+    forget_expired_sessions()
     st.cache_data.clear()
     gc.collect()
     release_memory()
-    _LOG.info("no session for %.0f s: page caches cleared, free memory returned to the OS", IDLE_CLEAR_S)
+    _LOG.info("no session for %.0f s: page caches and closed sessions dropped, free memory returned to the OS",
+              IDLE_CLEAR_S)
 
 
 def _watch_idle(poll_s: float = 2.0) -> None:

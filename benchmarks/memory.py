@@ -185,6 +185,36 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def rss_kinds(pid: int) -> dict[str, float]:
+    """A process's resident set by kind, in MiB (/proc status): anonymous memory (heaps, arenas, tensors, Python
+    objects: what malloc_trim can return) and file-backed pages (the code of the shared libraries it ran so far)."""
+    kinds = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            kinds[key] = int(value.split()[0]) / 1024
+    return kinds
+
+
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """Resident MiB per mapping name (/proc smaps): a library's path, "[heap]", "[anon]" for unnamed mappings."""
+    totals: dict[str, float] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+            name = head[5].strip() if len(head) == 6 else "[anon]"
+        elif line.startswith("Rss:"):
+            totals[name] = totals.get(name, 0.0) + int(line.split()[1]) / 1024
+    return totals
+
+
+def _growth(before: dict[str, float], after: dict[str, float], top: int = 8) -> str:
+    """The mappings that grew most between two `rss_by_mapping` snapshots, as one line."""
+    grown = sorted(((after.get(k, 0.0) - before.get(k, 0.0), k) for k in set(before) | set(after)), reverse=True)
+    return ", ".join(f"{Path(k).name or k} {d:+.0f}" for d, k in grown[:top] if abs(d) >= 1.0)
+
+
 def _settle_idle(pid: int, seconds: float = 20.0) -> float:
     """Wait until the server's RSS stops falling (sessions closed, caches trimmed) or `seconds` pass; its RSS."""
     deadline, last = time.monotonic() + seconds, rss_mib(pid)
@@ -219,7 +249,9 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
             context.close()
             time.sleep(IDLE_CLEAR_S + 5)  # the warm-up's cached results dropped too: "before" is a bare idle server
             out["idle_before_mib"] = _settle_idle(pid)
-            print(f"  idle server after one visit to every page at its defaults: {out['idle_before_mib']:.0f} MiB",
+            kinds_before, maps_before = rss_kinds(pid), rss_by_mapping(pid)
+            print(f"  idle server after one visit to every page at its defaults: {out['idle_before_mib']:.0f} MiB "
+                  f"({kinds_before['RssAnon']:.0f} MiB anonymous, {kinds_before['RssFile']:.0f} MiB file-backed)",
                   flush=True)
             context = new_context(browser)
             page = context.new_page()
@@ -246,8 +278,12 @@ def server_soak(seeds: int = 20, mixed: tuple[str, ...] = MIXED_URLS) -> dict[st
                 c.close()
             time.sleep(IDLE_CLEAR_S + 5)  # the server drops its caches once nobody has been connected that long
             out["idle_after_mib"] = _settle_idle(pid, 60.0)
+            kinds_after = rss_kinds(pid)
+            out |= {f"{kind}_growth_mib": kinds_after[kind] - kinds_before[kind] for kind in ("RssAnon", "RssFile")}
             print(f"  idle after every session closed: {out['idle_after_mib']:.0f} MiB "
-                  f"({out['idle_after_mib'] - out['idle_before_mib']:+.0f} MiB)", flush=True)
+                  f"({out['idle_after_mib'] - out['idle_before_mib']:+.0f} MiB: anonymous "
+                  f"{out['RssAnon_growth_mib']:+.0f}, file-backed {out['RssFile_growth_mib']:+.0f}; grew most, MiB: "
+                  f"{_growth(maps_before, rss_by_mapping(pid))})", flush=True)
         finally:
             sampler.stop()
             browser.close()

@@ -55,8 +55,10 @@ def fresh_caches():
 
 
 def _churn_rng(stop: threading.Event) -> None:
-    """Another 'session' using the global RNG the whole time: the explanations must not depend on it."""
-    while not stop.is_set():
+    """Another 'session' using the global RNG the whole time (reseeding it every millisecond or so, between the
+    workers' steps): the explanations must not depend on it. The pause keeps the churners from taking most of the GIL,
+    which only slowed the workers down (any change of the global RNG state shows up in a result that reads it)."""
+    while not stop.wait(0.001):
         torch.manual_seed(random.randrange(2**31))
         torch.rand(64)
 

@@ -166,6 +166,82 @@ def test_configure_and_release_memory_run_on_glibc() -> None:
     assert hosting._active_sessions() is None  # no Streamlit server in this process: the watchdog does nothing
 
 
+def test_forget_expired_sessions_is_a_no_op_without_a_server() -> None:
+    assert hosting.forget_expired_sessions() is False  # no Streamlit runtime in this process
+
+
+class _Session:
+    def __init__(self, shutdowns: list[tuple[str, threading.Thread]], name: str, fails: bool = False) -> None:
+        self.shutdowns, self.name, self.fails = shutdowns, name, fails
+
+    def shutdown(self) -> None:
+        self.shutdowns.append((self.name, threading.current_thread()))
+        if self.fails:
+            raise RuntimeError("a session whose shutdown fails")
+
+
+def test_forget_expired_sessions_shuts_down_the_expired_ones_on_the_event_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit's own TTL store (the one its session manager keeps closed tabs in) with two sessions past the TTL and
+    one within it: the expired two are removed and shut down, on the server's event loop; the recent one stays."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streamlit import runtime
+    from streamlit.runtime.caching.ttl_cache import TTLCache
+
+    clock, shutdowns = [0.0], []
+    store: TTLCache = TTLCache(maxsize=128, ttl=30, timer=lambda: clock[0])
+    store["a"] = SimpleNamespace(session=_Session(shutdowns, "a", fails=True))
+    store["b"] = SimpleNamespace(session=_Session(shutdowns, "b"))
+    clock[0] = 20.0
+    store["recent"] = SimpleNamespace(session=_Session(shutdowns, "recent"))
+    clock[0] = 40.0  # a and b expired: hidden from reads, but still held until the store's next write
+    assert "a" not in store and list(store._data) == ["a", "b", "recent"]
+    loop = asyncio.new_event_loop()
+    server_loop = threading.Thread(target=loop.run_forever, name="event loop", daemon=True)
+    server_loop.start()
+    instance = SimpleNamespace(_session_mgr=SimpleNamespace(_session_storage=SimpleNamespace(_cache=store)),
+                               _get_async_objs=lambda: SimpleNamespace(eventloop=loop))
+    monkeypatch.setattr(runtime, "exists", lambda: True)
+    monkeypatch.setattr(runtime, "get_instance", lambda: instance)
+    try:
+        assert hosting.forget_expired_sessions() is True
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server_loop.join(timeout=10)
+        loop.close()
+    assert list(store._data) == ["recent"]
+    assert shutdowns == [("a", server_loop), ("b", server_loop)]  # b too, although a's shutdown raised
+
+
+def test_streamlit_keeps_closed_sessions_where_forget_expired_sessions_looks() -> None:
+    """The internals forget_expired_sessions relies on (it does nothing where they differ): a Streamlit upgrade that
+    changes them fails here instead of silently keeping closed sessions again."""
+    import inspect
+
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.app_session import AppSession
+    from streamlit.runtime.caching.ttl_cache import TTLCache
+    from streamlit.runtime.memory_session_storage import MemorySessionStorage
+    from streamlit.runtime.runtime import AsyncObjects
+    from streamlit.runtime.websocket_session_manager import WebsocketSessionManager
+
+    assert isinstance(MemorySessionStorage()._cache, TTLCache) and callable(TTLCache.expire)
+    assert "self._session_storage = session_storage" in inspect.getsource(WebsocketSessionManager.__init__)
+    assert "self._session_mgr" in inspect.getsource(Runtime.__init__) and callable(Runtime._get_async_objs)
+    assert "eventloop" in AsyncObjects.__annotations__ and callable(AppSession.shutdown)
+
+
+def test_clear_caches_forgets_sessions_then_clears_and_trims(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(hosting, "forget_expired_sessions", lambda: calls.append("sessions") or True)
+    monkeypatch.setattr(hosting.st.cache_data, "clear", lambda: calls.append("caches"))
+    monkeypatch.setattr(hosting, "release_memory", lambda: calls.append("trim"))
+    hosting.clear_caches()
+    assert calls == ["sessions", "caches", "trim"]
+
+
 def test_page_caches_stay_within_their_budgets_under_load() -> None:
     """The reduced soak (benchmarks/memory.py --cache-check) in a fresh process, with budgets far below what its
     loads compute: every page cache must evict and stay within its byte budget, and no page may fail."""
