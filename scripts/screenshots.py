@@ -42,6 +42,13 @@ PHONE_PAGES = ("puzzle",)
 APP_READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 CHARTS = '[data-testid="stVegaLiteChart"], [data-testid="stGraphVizChart"]'
 CHART_DRAWN = "svg, canvas"
+MAIN_ELEMENT = '[data-testid="stMainBlockContainer"] [data-testid="stElementContainer"]'
+PENDING = '[data-testid="stMainBlockContainer"] [data-testid="stSkeleton"]'
+"""A placeholder Streamlit draws where an element's component is still loading (a chart's, right after a first run):
+while one is on the page, "every chart drew" would be true of the charts that exist so far."""
+PAGE_CHARTS = {"puzzle": 1, "explorer": 5, "flow": 4, "graph": 2, "devices": 2, "your_model": 5, "learn": 7}
+"""Charts (Vega-Lite and Graphviz) each page draws at its default settings, as counted on the CPU: what
+`capture_pages` waits for at least."""
 EXCEPTION = '[data-testid="stException"]'
 MIN_PLOT_PX = 50
 """Every Vega chart's plot area (largest frame / facet cell) must be at least this tall: Streamlit sizes charts
@@ -209,9 +216,10 @@ def chart_problems(page: Any, min_plot_px: float | None = None) -> list[str]:
         [CHARTS, CHART_DRAWN, min_plot_px])
 
 
-def wait_for_app(page: Any, timeout_ms: float = 60_000) -> None:
-    """Wait until the script run finished, stale elements are gone, every chart drew its svg/canvas and the
-    layout settled.
+def wait_for_app(page: Any, timeout_ms: float = 60_000, min_charts: int = 0) -> None:
+    """Wait until the script run finished and drew its first element, stale elements are gone, no element is still
+    loading its component, every chart drew its svg/canvas (at least `min_charts` of them: the charts a page is
+    known to draw) and the layout settled.
 
     Raises AssertionError when the page shows a Streamlit exception or a chart's plot area collapsed.
     """
@@ -220,12 +228,13 @@ def wait_for_app(page: Any, timeout_ms: float = 60_000) -> None:
     for attempt in range(3):  # a chart re-embeds (briefly without its svg) when its width changes as the page settles
         remaining = max(1_000.0, (deadline - time.monotonic()) * 1000)
         page.wait_for_function(
-            """([ready, charts, drawn]) => {
-                if (!document.querySelector(ready)) return false;
-                if (document.querySelector('[data-stale="true"]')) return false;
-                return [...document.querySelectorAll(charts)].every(c => c.querySelector(drawn));
+            """([ready, charts, drawn, element, pending, least]) => {
+                if (!document.querySelector(ready) || !document.querySelector(element)) return false;
+                if (document.querySelector('[data-stale="true"]') || document.querySelector(pending)) return false;
+                const all = [...document.querySelectorAll(charts)];
+                return all.length >= least && all.every(c => c.querySelector(drawn));
             }""",
-            arg=[APP_READY, CHARTS, CHART_DRAWN], timeout=remaining, polling=100)
+            arg=[APP_READY, CHARTS, CHART_DRAWN, MAIN_ELEMENT, PENDING, min_charts], timeout=remaining, polling=100)
         wait_for_layout(page, timeout_ms=max(1_000.0, (deadline - time.monotonic()) * 1000))
         errors = exception_texts(page)
         assert not errors, "the page shows an exception:\n" + "\n---\n".join(errors)
@@ -249,10 +258,10 @@ def wait_for_layout(page: Any, quiet_ms: float = LAYOUT_QUIET_MS, timeout_ms: fl
         arg=quiet_ms, timeout=timeout_ms, polling=100)
 
 
-def open_page(page: Any, url: str, timeout_ms: float = 60_000) -> None:
-    """Go to `url` and wait for the app (see `wait_for_app`)."""
+def open_page(page: Any, url: str, timeout_ms: float = 60_000, min_charts: int = 0) -> None:
+    """Go to `url` and wait for the app (see `wait_for_app`; at least `min_charts` charts drawn)."""
     page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
-    wait_for_app(page, timeout_ms)
+    wait_for_app(page, timeout_ms, min_charts)
 
 
 def pixel_std(png: bytes | Path) -> float:
@@ -336,7 +345,7 @@ def capture_pages(browser: Any, base_url: str, pages: Sequence[AppPage], out_dir
         context = new_context(browser, viewport=dict(viewport), color_scheme=color_scheme)
         try:
             page = context.new_page()
-            open_page(page, app_page.url(base_url))
+            open_page(page, app_page.url(base_url), min_charts=PAGE_CHARTS.get(app_page.name, 0))
             if suffix:
                 overflow = sideways_scroll(page)
                 assert overflow <= 0, f"{app_page.title} scrolls {overflow} px sideways at {viewport['width']} px"
