@@ -44,6 +44,7 @@ pages = [st.Page(path, title=title, icon=icon, default=i == 0)
 # Memory for a hosted server (hosting.py): glibc's malloc arenas capped once, caches dropped when nobody is connected.
 hosting.configure()
 page = st.navigation(pages)
+ui.close_sidebar_on_narrow_screens(page.url_path)  # Streamlit itself closes it after a page switch only on phones
 # Read the URL once per session (notices shown here, above every page) and keep it in sync on page switches.
 ui.set_shared_config(ui.shared_config())
 try:

@@ -21,6 +21,7 @@ Extra helpers:
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -95,6 +96,32 @@ def _is_rerun(err: BaseException | None) -> bool:
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
 
     return isinstance(err, RerunException)
+
+
+NARROW_PX = 768
+"""Streamlit's small-screen breakpoint: below it the open sidebar covers the page instead of sitting beside it."""
+CLOSE_SIDEBAR_JS = """<script>
+(() => {{ // page {page}: runs once per page shown (the text changes with it), not on a rerun of the same page
+  if (window.innerWidth >= {narrow}) return;
+  const close = document.querySelector('[data-testid="stSidebar"] button[aria-label="Collapse sidebar"]');
+  if (close && close.getAttribute('aria-expanded') === 'true') close.click();
+}})();
+</script>"""
+CLOSER_KEY = "gx_sidebar_closer"
+
+
+def close_sidebar_on_narrow_screens(page: str) -> None:
+    """Close the sidebar when page `page` is shown in a window narrower than NARROW_PX, where it covers the page.
+
+    Streamlit closes it after a click in its navigation only for a phone's user agent; in a narrowed desktop window
+    it stayed open over every page picked from it. The script (`st.html`'s supported JavaScript option) runs in the
+    browser each time the page changes, not when a widget reruns the same page (an open sidebar then stays open while
+    its settings are edited); its container takes no space (style-only `st.html` adds none either).
+    """
+    st.html(f"<style>.st-key-{CLOSER_KEY}, [data-testid='stLayoutWrapper']:has(> .st-key-{CLOSER_KEY}) "
+            "{display: none;}</style>")
+    with st.container(key=CLOSER_KEY):
+        st.html(CLOSE_SIDEBAR_JS.format(page=json.dumps(page), narrow=NARROW_PX), unsafe_allow_javascript=True)
 
 
 def seed_widget(key: str, value: Any) -> None:

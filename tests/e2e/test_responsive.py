@@ -1,5 +1,6 @@
 """Every page at a desktop's 1400×900 and a phone's 390×844, light and dark: nothing pans sideways, every chart is
-drawn inside its container with its legend whole, and on a phone the navigation closes after a page switch."""
+drawn inside its container with its legend whole, and on a phone or in a narrow window the navigation closes after
+a page switch."""
 
 from __future__ import annotations
 
@@ -136,5 +137,45 @@ def test_phone_navigation_closes_after_a_page_switch(browser, base_url) -> None:
         box = sidebar.bounding_box()
         assert box is None or box["x"] + box["width"] <= 0, f"the sidebar still covers the page: {box}"
         assert "seq_len=7" in tab.url  # the page switch kept the config
+    finally:
+        context.close()
+
+
+def test_narrow_desktop_navigation_closes_after_a_page_switch(browser, base_url) -> None:
+    """In a desktop browser's narrowed window (700 px: Streamlit's small-screen layout, a desktop user agent) the
+    open sidebar covers the page: it closes once a page was picked from it, but stays open while a setting in it
+    reruns the same page. At 1400 px it sits beside the page and stays open."""
+    def covers(tab: Any) -> bool:
+        box = tab.locator('[data-testid="stSidebar"]').bounding_box()
+        return box is not None and box["x"] + box["width"] > 0
+
+    context = new_context(browser, viewport={"width": 700, "height": 900})
+    try:
+        tab = context.new_page()
+        open_page(tab, base_url + "/?seq_len=7")
+        assert not covers(tab)  # closed on arrival
+        tab.locator('[data-testid="stExpandSidebarButton"]').click()
+        tab.locator('[data-testid="stSidebarNavLink"]').filter(has_text="Gradient explorer").click()
+        tab.wait_for_url("**/explorer?*")
+        settle(tab)
+        expect(tab.locator('[data-testid="stExpandSidebarButton"]')).to_be_visible()
+        assert not covers(tab), "the sidebar still covers the page after a page switch"
+        tab.locator('[data-testid="stExpandSidebarButton"]').click()
+        layers = tab.locator('[data-testid="stSidebar"] [data-testid="stNumberInput"] input').first
+        layers.fill("3")
+        layers.press("Enter")
+        tab.wait_for_url("**num_layers=3*")
+        settle(tab)
+        assert covers(tab), "a setting's rerun closed the sidebar the visitor is editing"
+    finally:
+        context.close()
+    context = new_context(browser)  # 1400 px: beside the page
+    try:
+        tab = context.new_page()
+        open_page(tab, base_url + "/?seq_len=7")
+        tab.locator('[data-testid="stSidebarNavLink"]').filter(has_text="Gradient explorer").click()
+        tab.wait_for_url("**/explorer?*")
+        settle(tab)
+        assert covers(tab)
     finally:
         context.close()
