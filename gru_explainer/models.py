@@ -93,7 +93,7 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
         if cfg.cell.startswith("rnn_"):
             kwargs["nonlinearity"] = cfg.cell.removeprefix("rnn_")
         module = FUSED_CLASSES[cfg.cell](cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype, **kwargs)
-    module = module.to_empty(device=device)
+    module = _materialise(module, device)
     with torch.no_grad():
         for name, param in module.named_parameters():
             fan_in = cfg.hidden_size if cfg.cell != "answer_gru" else _linear_fan_in(module, name)
@@ -104,7 +104,7 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
     head = None
     if cfg.head == "linear":
         head = LinearHead(cfg.num_directions * cfg.hidden_size, cfg.head_size, device=meta, dtype=dtype)
-        head = head.to_empty(device=device)
+        head = _materialise(head, device)
         with torch.no_grad():
             bound = 1.0 / math.sqrt(head.fc.in_features)
             for param in (head.fc.weight, head.fc.bias):
@@ -112,6 +112,12 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
     inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=torch.float64)
     inputs = inputs.to(dtype=dtype, device=device)
     return Built(module=module, head=head, inputs=inputs)
+
+
+def _materialise(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module.to_empty(device=device)` without its first-call cost: to_empty's `empty_like` of a meta tensor runs
+    PyTorch's Python reference, whose first call imports sympy (~1 s, most of a cold server's first explain)."""
+    return module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
 def _uniform(shape: torch.Size, low: float, high: float, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
