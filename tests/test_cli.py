@@ -147,26 +147,35 @@ def test_lstm_bidirectional_export_shows_both_directions(exports):
     assert data["stacked_zero_steps"] == [t for t in range(12) if t != 3]
 
 
-@pytest.mark.parametrize(("args", "field"), [
-    (["--cell", "foo"], "--cell"),
-    (["--hidden-size", "0"], "hidden_size"),
-    (["--target", "__import__('os')"], "--target"),
+@pytest.mark.parametrize(("args", "field", "in_a_process"), [
+    (["--cell", "foo"], "--cell", True),
+    (["--hidden-size", "0"], "hidden_size", False),
+    (["--target", "__import__('os')"], "--target", False),
 ])
-def test_bad_options_exit_2_with_a_message(tmp_path, args, field):
+def test_bad_options_exit_2_with_a_message(tmp_path, capsys, args, field, in_a_process):
+    """Exit code 2, the field named, no traceback, nothing on stdout or on disk: the first case as users run it (a
+    real process and its exit status), the others through main() (the same code path, without a torch import each)."""
     out = tmp_path / "out"
-    result = run_cli("explain", *args, "--out", str(out))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert field in result.stderr
-    assert "error:" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+    if in_a_process:
+        result = run_cli("explain", *args, "--out", str(out))
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    else:
+        with pytest.raises(SystemExit) as exc:  # anything but argparse's exit (a traceback) fails the test
+            main(["explain", *args, "--out", str(out)])
+        code, (stdout, stderr) = exc.value.code, capsys.readouterr()
+    assert code == 2, (stdout, stderr)
+    assert field in stderr
+    assert "error:" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
     assert not out.exists(), "nothing may be written for bad input"
 
 
-def test_help_documents_every_option():
-    result = run_cli("explain", "--help", timeout=60)
-    assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())  # undo argparse's line wrapping
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     for option in ("--out", "--preset", "--engine", "--cell", "--num-layers", "--input-size", "--hidden-size",
                    "--bidirectional", "--head", "--head-size", "--seq-len", "--batch-size", "--target", "--device",
                    "--dtype", "--seed", "--weight-scale", "--scale", "--limits"):
@@ -257,26 +266,34 @@ class NoVlConvert(importlib.abc.MetaPathFinder):
 sys.modules.pop("vl_convert", None)
 sys.meta_path.insert(0, NoVlConvert())
 from gru_explainer.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "tried": NoVlConvert.tried}))
+results = []
+for argv in json.loads(sys.argv[1]):  # in this order: --no-images first, so nothing before it tried vl_convert
+    NoVlConvert.tried.clear()
+    code = main(["explain", *argv])
+    results.append({"code": code, "tried": list(NoVlConvert.tried)})
+print(json.dumps(results))
 """
 
 
-def _without_vl_convert(*args: str) -> tuple[dict, subprocess.CompletedProcess[str]]:
-    """Run the CLI in a fresh interpreter where importing vl_convert fails (as if not installed), recording tries."""
+@pytest.fixture(scope="module")
+def without_vl_convert(tmp_path_factory) -> dict[str, tuple[dict, Path, str]]:
+    """The CLI in one fresh interpreter where importing vl_convert fails (as if not installed), recording every try:
+    first a text-only export, then one with images. name -> (result, out dir, stderr)."""
+    base = tmp_path_factory.mktemp("without-vl-convert")
+    runs = {"text-only": ["--no-images", "--out", str(base / "text-only")], "images": ["--out", str(base / "images")]}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GRU_EXPLAINER_LIMITS", None)
-    done = subprocess.run([sys.executable, "-c", _WITHOUT_VL_CONVERT, "explain", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180, check=False)
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_VL_CONVERT, json.dumps(list(runs.values()))], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
     assert "Traceback" not in done.stderr, done.stderr
-    return json.loads(done.stdout.splitlines()[-1]), done
+    results = json.loads(done.stdout.splitlines()[-1])
+    return {name: (result, base / name, done.stderr) for name, result in zip(runs, results, strict=True)}
 
 
-def test_no_images_needs_no_vl_convert(exports, tmp_path):
+def test_no_images_needs_no_vl_convert(exports, without_vl_convert):
     """--no-images writes CSV, JSON and verdict without importing vl_convert, the same files as a full export."""
-    out = tmp_path / "text-only"
-    result, done = _without_vl_convert("--no-images", "--out", str(out))
-    assert result == {"code": 0, "tried": []}, done.stderr
+    result, out, stderr = without_vl_convert["text-only"]
+    assert result == {"code": 0, "tried": []}, stderr
     assert sorted(p.name for p in out.iterdir()) == sorted([CSV_NAME, JSON_NAME, VERDICT_NAME])
     full, _ = exports["default"]
     text_only = json.loads((out / JSON_NAME).read_text(encoding="utf-8"))
@@ -288,11 +305,10 @@ def test_no_images_needs_no_vl_convert(exports, tmp_path):
     assert (out / VERDICT_NAME).read_bytes() == (full / VERDICT_NAME).read_bytes()
 
 
-def test_images_without_vl_convert_exit_1_before_writing(tmp_path):
-    out = tmp_path / "images"
-    result, done = _without_vl_convert("--out", str(out))
-    assert result["code"] == 1 and result["tried"], done.stderr
-    assert "export failed: PNG/SVG export needs vl-convert-python" in done.stderr
+def test_images_without_vl_convert_exit_1_before_writing(without_vl_convert):
+    result, out, stderr = without_vl_convert["images"]
+    assert result["code"] == 1 and result["tried"], stderr
+    assert "export failed: PNG/SVG export needs vl-convert-python" in stderr
     assert not out.exists()
 
 
