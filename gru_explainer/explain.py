@@ -13,6 +13,9 @@ numeric zero: vanishing gradients underflow to exact zeros, which the report fla
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 
@@ -81,7 +84,7 @@ def explain(cfg: ExplainConfig, *, engine: str = "fused", limits: Limits | None 
         raise DeviceError(f"the computation failed on device {str(device)!r} ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else 'no message'}); choose device 'cpu' "
                           "to run it on the CPU instead") from err
-    masks = structural_masks(cfg, target)
+    masks = _cached_masks(cfg, target)
     return GradientReport(
         config=cfg,
         engine=engine,
@@ -202,6 +205,51 @@ def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target:
     hidden_grad = torch.stack(rest[1:], dim=1)[None, None]  # [1, 1, B, T, H]
     return dict(y=y.detach(), target=value.detach(), stacked_grad=grads["y"], input_grad=rest[0],
                 hidden_grad=hidden_grad, cell_grad=None, grads=grads, hidden_states=y.detach()[None, None])
+
+
+MASK_CACHE_SIZE = 4
+"""Structures whose masks `explain` keeps (a new seed, scale, dtype or device has the same masks)."""
+MASK_CACHE_BYTES = 1 << 19
+"""Only masks up to this size are kept (≤ 2 MiB in all): for larger configs computing them is a small share."""
+
+
+def _mask_key(cfg: ExplainConfig) -> tuple:
+    """What the structural masks depend on: the shapes and the target's text, not the weights or the inputs."""
+    return (cfg.cell, cfg.num_layers, cfg.bidirectional, cfg.head, cfg.head_size, cfg.input_size, cfg.hidden_size,
+            cfg.seq_len, cfg.batch_size, cfg.target)
+
+
+_MASKS: OrderedDict[tuple, dict] = OrderedDict()
+_MASKS_LOCK = threading.Lock()
+
+
+def _cached_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:
+    """`structural_masks`, from a small cache keyed on the structure; copies, so a report may change its own."""
+    key = _mask_key(cfg)
+    with _MASKS_LOCK:
+        masks = _MASKS.get(key)
+        if masks is not None:
+            _MASKS.move_to_end(key)
+    if masks is None:
+        masks = structural_masks(cfg, target)
+        if _nbytes(masks) <= MASK_CACHE_BYTES:
+            with _MASKS_LOCK:
+                _MASKS[key] = masks
+                while len(_MASKS) > MASK_CACHE_SIZE:
+                    _MASKS.popitem(last=False)
+    return {name: _copy(value) for name, value in masks.items()}
+
+
+def _nbytes(value: Tensor | dict | None) -> int:
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0 if value is None else value.numel() * value.element_size()
+
+
+def _copy(value: Tensor | dict | None) -> Tensor | dict | None:
+    if isinstance(value, dict):
+        return {name: tensor.clone() for name, tensor in value.items()}
+    return None if value is None else value.clone()
 
 
 def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:

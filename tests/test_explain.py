@@ -300,3 +300,25 @@ def test_verdict_describes_this_config() -> None:
 def test_target_shapes_follow_the_config() -> None:
     shapes = target_shapes(small("lstm", num_layers=3, bidirectional=True, head="linear", head_size=2))
     assert shapes == {"y": (3, 7, 12), "h_n": (6, 3, 6), "c_n": (6, 3, 6), "out": (3, 2, 1)}
+
+
+def test_cached_structural_masks_equal_fresh_ones_and_each_report_owns_its_copy():
+    """explain keeps small configs' masks by structure (a new seed reuses them): same masks as computed afresh,
+    and a report that changes its masks leaves the next report's alone."""
+    from gru_explainer.explain import _MASKS, compile_target, structural_masks
+
+    _MASKS.clear()
+    cfg = ExplainConfig(cell="lstm", num_layers=2, bidirectional=True, seq_len=6, target="y[:, 2].sum() + c_n[1].sum()")
+    first = explain(cfg)
+    assert len(_MASKS) == 1
+    first.hidden_reached.fill_(False)
+    second = explain(cfg.replace(seed=7, weight_scale=2.0))
+    fresh = structural_masks(cfg, compile_target(cfg))
+    for name in ("stacked_read", "hidden_reached", "cell_reached", "input_reached", "hidden_read", "cell_read"):
+        assert torch.equal(getattr(second, name), fresh[name]), name
+    for name, mask in fresh["named_read"].items():
+        assert torch.equal(second.named_read[name], mask), name
+    assert second.hidden_reached.any()
+    other = explain(cfg.replace(target="h_n[0].sum()"))
+    assert not torch.equal(other.hidden_reached, second.hidden_reached)
+    assert len(_MASKS) == 2
