@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from playwright.sync_api import expect
 
@@ -32,8 +35,19 @@ def _cards(tab) -> None:
         expect(card.locator('[data-testid="stCode"]').first).to_be_visible()
 
 
-def test_every_card_renders_with_live_messages(page, base_url):
-    visit(page, page_url(base_url, "/pitfalls"))
+@pytest.fixture(scope="module")
+def page(browser: Any, base_url: str) -> Iterator[Any]:
+    """The pitfalls page at the desktop size, opened once in a fresh session: the tests below read it (a link they
+    click opens in a new tab)."""
+    context = new_context(browser)
+    context.set_default_timeout(60_000)
+    tab = context.new_page()
+    visit(tab, page_url(base_url, "/pitfalls"))
+    yield tab
+    context.close()
+
+
+def test_every_card_renders_with_live_messages(page):
     expect(page.locator('[data-testid="stMain"] h1').first).to_have_text("Pitfalls")
     _cards(page)
     main = page.locator('[data-testid="stMain"]')
@@ -56,12 +70,11 @@ def test_nothing_scrolls_sideways_on_a_phone(browser, server):
         context.close()
 
 
-def test_the_explorer_link_opens_the_cards_config(page, context, base_url):
-    visit(page, page_url(base_url, "/pitfalls"))
+def test_the_explorer_link_opens_the_cards_config(page):
     pitfall = P.get("bidirectional")
     link = page.locator(f'.st-key-pitfall_{pitfall.id} a[href^="{P.EXPLORER_PATH}?"]')
     expect(link).to_have_attribute("href", pitfall.explorer_url)
-    with context.expect_page() as opened:  # Streamlit opens Markdown links in a new tab: a new session
+    with page.context.expect_page() as opened:  # Streamlit opens Markdown links in a new tab: a new session
         link.click()
     explorer = opened.value
     explorer.wait_for_load_state("domcontentloaded")

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from playwright.sync_api import expect
+
+from scripts.screenshots import new_context
 
 from .helpers import page_url, visit
 
 pytestmark = pytest.mark.e2e
 
 
-def test_puzzle_reproduces_the_seed(page, base_url):
-    visit(page, page_url(base_url, "/"))
+@pytest.fixture(scope="module")
+def page(browser: Any, base_url: str) -> Iterator[Any]:
+    """The puzzle page, opened once in a fresh session: the tests below only read it."""
+    context = new_context(browser)
+    context.set_default_timeout(60_000)
+    tab = context.new_page()
+    visit(tab, page_url(base_url, "/"))
+    yield tab
+    context.close()
+
+
+def test_puzzle_reproduces_the_seed(page):
     expect(page.locator('[data-testid="stMain"] h1').first).to_contain_text("zero gradients")
     blocks = page.locator('[data-testid="stMain"] [data-testid="stCode"]').all_inner_texts()
     codes = [" ".join(t.split()) for t in blocks]
@@ -27,8 +42,7 @@ def test_puzzle_reproduces_the_seed(page, base_url):
     expect(page.locator('[data-testid="stMain"]').get_by_text("y.grad is zero before the read step")).to_be_visible()
 
 
-def test_puzzle_links_to_the_other_pages(page, base_url):
-    visit(page, page_url(base_url, "/"))
+def test_puzzle_links_to_the_other_pages(page):
     links = page.locator('[data-testid="stMain"] [data-testid="stPageLink"] a')
     expect(links).to_have_count(4)
     hrefs = sorted(link.get_attribute("href").rstrip("/").rsplit("/", 1)[-1] for link in links.all())
