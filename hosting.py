@@ -11,7 +11,10 @@ hosted explorer config peaked at 1.29 GB and 8 sessions at once at 1.46 GB; afte
   heavy computations run at a time (the others wait, with their spinner, first come first served; the host has 2
   cores anyway), and a training run (the one request allowed up to a minute) gives the slot to waiting visitors at
   each of its checkpoints (`take_turns`), so nobody waits behind it for more than one checkpoint;
-- building a large heatmap let Altair validate 17k inline rows at construction (~160 MB): charts.chart_data skips it.
+- building a large heatmap let Altair validate 17k inline rows at construction (~160 MB): charts.chart_data skips it;
+- closed tabs' sessions stayed in Streamlit's reconnect store after their TTL (it only hides expired entries until
+  its next write), each with its session state and last run: 8 closed sessions held 55 MiB of tensors on an idle
+  server. The idle watchdog now shuts them down (`forget_expired_sessions`) before it clears the caches.
 With all of it, on a fresh server: 703 MiB and 800 MiB peaks (README, "Memory", has the warmed server's too).
 """
 
