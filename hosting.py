@@ -28,7 +28,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import streamlit as st
 from streamlit.logger import get_logger
@@ -238,19 +238,23 @@ def clear_caches() -> None:
               IDLE_CLEAR_S)
 
 
-def _watch_idle(poll_s: float = 2.0) -> None:
-    """Clear the page caches once no session has been connected for IDLE_CLEAR_S (once per idle period)."""
+def _watch_idle(poll_s: float = 2.0, active_sessions: Callable[[], int | None] = _active_sessions,
+                clock: Callable[[], float] = time.monotonic) -> None:
+    """Every poll: shut down the closed sessions whose TTL ran out (while others are connected too: Streamlit itself
+    would drop them at its store's next write without their shutdown, keeping their uploads). Clear the page caches
+    once no session has been connected for IDLE_CLEAR_S (once per idle period)."""
     idle_since: float | None = None
     cleared = True  # nothing cached before the first visit
     while True:
         time.sleep(poll_s)
-        sessions = _active_sessions()
+        sessions = active_sessions()
         if sessions is None:  # not a server (e.g. AppTest): nothing to watch
             continue
+        forget_expired_sessions()
         if sessions > 0:
             idle_since, cleared = None, False
             continue
-        idle_since = idle_since or time.monotonic()
-        if not cleared and time.monotonic() - idle_since >= IDLE_CLEAR_S:
+        idle_since = idle_since or clock()
+        if not cleared and clock() - idle_since >= IDLE_CLEAR_S:
             clear_caches()
             cleared = True

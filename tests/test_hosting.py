@@ -233,6 +233,32 @@ def test_streamlit_keeps_closed_sessions_where_forget_expired_sessions_looks() -
     assert "eventloop" in AsyncObjects.__annotations__ and callable(AppSession.shutdown)
 
 
+class _StopWatchingError(Exception):
+    pass
+
+
+def test_the_watchdog_forgets_expired_sessions_every_poll_and_clears_only_when_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Visitors connected for two polls (expired sessions shut down each time, caches kept), then nobody: the caches
+    are cleared once the idle time has passed, and only once."""
+    clock, events = [0.0], []
+    polls = iter([2, 1, 0, 0, 0, 0])
+
+    def active_sessions() -> int:
+        clock[0] += hosting.IDLE_CLEAR_S / 2  # each poll half the idle time later
+        try:
+            return next(polls)
+        except StopIteration:
+            raise _StopWatchingError from None
+
+    monkeypatch.setattr(hosting, "forget_expired_sessions", lambda: events.append("forget") or True)
+    monkeypatch.setattr(hosting, "clear_caches", lambda: events.append("clear"))
+    with pytest.raises(_StopWatchingError):
+        hosting._watch_idle(poll_s=0, active_sessions=active_sessions, clock=lambda: clock[0])
+    # idle from the third poll on: cleared at the fifth (IDLE_CLEAR_S later), not again at the sixth
+    assert events == ["forget", "forget", "forget", "forget", "forget", "clear", "forget"]
+
+
 def test_clear_caches_forgets_sessions_then_clears_and_trims(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(hosting, "forget_expired_sessions", lambda: calls.append("sessions") or True)
