@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from scripts.screenshots import open_page, wait_for_app
+from scripts.screenshots import new_context, open_page, wait_for_app
 
 TARGET_LINE = re.compile(r"^Target\s.+\s=\s")
 NUMBER = r"(-?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|-?inf|nan)"
@@ -20,6 +21,16 @@ def page_url(base_url: str, path: str, query: str = "") -> str:
 def visit(tab: Any, url: str) -> None:
     """Open `url` and wait until the script finished and every chart drew (no exception on the page)."""
     open_page(tab, url)
+
+
+def page_once(browser: Any, url: str) -> Iterator[Any]:
+    """A module fixture's body: `url` opened once in a fresh browser context (60 s waits), closed afterwards."""
+    context = new_context(browser)
+    context.set_default_timeout(60_000)
+    tab = context.new_page()
+    visit(tab, url)
+    yield tab
+    context.close()
 
 
 def settle(tab: Any) -> None:

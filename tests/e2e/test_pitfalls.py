@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from gru_explainer import pitfalls as P
 from scripts.screenshots import new_context, wait_for_app
 
-from .helpers import field, page_url, visit
+from .helpers import field, page_once, page_url, visit
 
 pytestmark = pytest.mark.e2e
 PHONE = {"width": 390, "height": 844}
@@ -39,12 +39,7 @@ def _cards(tab) -> None:
 def page(browser: Any, base_url: str) -> Iterator[Any]:
     """The pitfalls page at the desktop size, opened once in a fresh session: the tests below read it (a link they
     click opens in a new tab)."""
-    context = new_context(browser)
-    context.set_default_timeout(60_000)
-    tab = context.new_page()
-    visit(tab, page_url(base_url, "/pitfalls"))
-    yield tab
-    context.close()
+    yield from page_once(browser, page_url(base_url, "/pitfalls"))
 
 
 def test_every_card_renders_with_live_messages(page):

@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from scripts.screenshots import new_context
-
-from .helpers import page_url, visit
+from .helpers import page_once, page_url
 
 pytestmark = pytest.mark.e2e
 
@@ -18,12 +16,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def page(browser: Any, base_url: str) -> Iterator[Any]:
     """The puzzle page, opened once in a fresh session: the tests below only read it."""
-    context = new_context(browser)
-    context.set_default_timeout(60_000)
-    tab = context.new_page()
-    visit(tab, page_url(base_url, "/"))
-    yield tab
-    context.close()
+    yield from page_once(browser, page_url(base_url, "/"))
 
 
 def test_puzzle_reproduces_the_seed(page):
