@@ -2,6 +2,9 @@
 
 The explorer's, puzzle's and decay charts are built as plain Vega-Lite dicts (`VegaLiteChart`: ms, where Altair's
 objects took ~0.6 s for the explorer's norm chart) with Altair's `to_dict` / `to_json`; the others are Altair charts.
+Altair itself is imported only when an Altair chart is built (importing it took ~0.45 s of a cold server's first page,
+whose charts are all dicts): until then nobody can have changed its theme or data transformer, so `VegaLiteChart`
+uses their defaults (ALTAIR_SCHEMA_URL, ALTAIR_DEFAULT_THEME; tests/test_charts.py checks them against Altair's).
 
 Exact zeros and non-finite values are never dropped silently. Log scales plot the TRUE magnitudes (the frame's
 log10_norm), so a value float32 shows as 0 (underflow) or inf is drawn where it really is, beside a dashed line at
@@ -15,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
+from typing import TYPE_CHECKING, Any
 
-import altair as alt
 import numpy as np
 import pandas as pd
 
 from .config import CELL_LABELS
+
+if TYPE_CHECKING:
+    import altair as alt
 
 SERIES = {
     "stacked_output": "y.grad (stacked output y)",
@@ -73,8 +80,27 @@ PLOT_LIMIT = 300.0
 """|log10| beyond which a true magnitude cannot be plotted as a float64 on a log axis (shown in the band)."""
 
 
-PAD = alt.AutoSizeParams(type="pad")
-"""Explicit autosize: without it Streamlit sizes a layered chart with "fit" and can squeeze its plot to a sliver."""
+ALTAIR_SCHEMA_URL = "https://vega.github.io/schema/vega-lite/v6.4.1.json"
+"""Altair's `SCHEMA_URL` (the Vega-Lite version it writes), for specs built while Altair is not imported."""
+ALTAIR_DEFAULT_THEME = {"config": {"view": {"continuousWidth": 300, "continuousHeight": 300}}}
+"""What Altair's default theme adds to every spec, for specs built while Altair is not imported."""
+
+
+def _pad() -> alt.AutoSizeParams:
+    """`PAD`: Altair's explicit autosize. Without it Streamlit sizes a layered chart with "fit" and can squeeze its
+    plot to a sliver. Made on first use, so that importing this module does not import Altair."""
+    if "PAD" not in globals():
+        import altair as alt
+
+        globals()["PAD"] = alt.AutoSizeParams(type="pad")
+    return globals()["PAD"]
+
+
+def __getattr__(name: str) -> Any:
+    """`charts.PAD` (see `_pad`)."""
+    if name == "PAD":
+        return _pad()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
@@ -87,6 +113,8 @@ def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
     # The values are set after construction: Altair validates the arguments of every object it constructs against
     # the Vega-Lite schema (its debug mode), which for 17k rows took ~160 MB and seconds (the chart's specs are
     # validated in tests/test_charts.py).
+    import altair as alt
+
     data = alt.InlineData(values=[])
     data.values = json.loads(rows.to_json(orient="records"))
     return data
@@ -127,6 +155,8 @@ def _records(rows: pd.DataFrame) -> list[dict]:
         return json.loads(rows.to_json(orient="records"))
     columns = [_column_values(rows[name]) for name in rows.columns]
     if any(values is None for values in columns) or not all(isinstance(name, str) for name in rows.columns):
+        import altair as alt
+
         return alt.data_transformers.get()(rows)["values"]
     names = list(rows.columns)
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)] if names else [{}] * len(rows)
@@ -158,15 +188,15 @@ class VegaLiteChart:
     def __init__(self, spec: dict) -> None:
         self.spec = spec
 
-    def _copy(self, node: object, datasets: dict) -> object:
+    def _copy(self, node: object, datasets: dict, consolidate: bool = True) -> object:
         """A copy of `node` with every DataFrame moved into `datasets` (and named where it was)."""
         if isinstance(node, dict):
-            return {k: self._copy(v, datasets) for k, v in node.items()}
+            return {k: self._copy(v, datasets, consolidate) for k, v in node.items()}
         if isinstance(node, list | tuple):
-            return [self._copy(v, datasets) for v in node]
+            return [self._copy(v, datasets, consolidate) for v in node]
         if isinstance(node, pd.DataFrame):
             values = _records(node)
-            if not alt.data_transformers.consolidate_datasets:
+            if not consolidate:
                 return {"values": values}
             name = _dataset_name(values)
             datasets[name] = values
@@ -175,15 +205,19 @@ class VegaLiteChart:
 
     def to_dict(self, validate: bool = True) -> dict:
         """The Vega-Lite spec as JSON-ready dicts (a fresh copy); `validate` checks it against Vega-Lite's schema."""
+        if validate:
+            import altair  # noqa: F401 (the schema classes below)
+        alt = sys.modules.get("altair")  # not imported: its settings are still the defaults
         datasets: dict = {}
-        spec = self._copy(self.spec, datasets)
+        spec = self._copy(self.spec, datasets, alt is None or alt.data_transformers.consolidate_datasets)
         if validate:  # as Altair: before the data sets, $schema and the theme are added
             top = alt.TopLevelFacetSpec if "facet" in spec else alt.TopLevelLayerSpec if "layer" in spec else \
                 alt.TopLevelUnitSpec
             top.validate(spec)
-        spec.setdefault("$schema", alt.SCHEMA_URL)
-        if theme := alt.theme.get():
-            spec = _merged(theme(), spec)
+        spec.setdefault("$schema", ALTAIR_SCHEMA_URL if alt is None else alt.SCHEMA_URL)
+        theme = ALTAIR_DEFAULT_THEME if alt is None else (active := alt.theme.get()) and active()
+        if theme:
+            spec = _merged(theme, spec)
         if datasets:
             spec["datasets"] = datasets
         return spec
@@ -811,6 +845,8 @@ DIFF_SHAPES = {DIFF_STATUS["value"]: "circle", DIFF_STATUS["zero"]: "triangle-do
 
 
 def _cell_scale(cells: list[str]) -> alt.Scale:
+    import altair as alt
+
     return alt.Scale(domain=[CELL_LABELS.get(c, c) for c in cells],
                      range=[CELL_COLORS.get(c, "#888888") for c in cells])
 
@@ -1043,6 +1079,8 @@ def jacobian_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def jacobian_chart(frame: pd.DataFrame) -> alt.VConcatChart:
     """Why the gradient shrinks or grows: the measured ‖dL/ds_t‖ beside its bound (read-step norm × the running
     product of the step Jacobians' largest singular values), and sigma_max per step with the line sigma = 1."""
+    import altair as alt
+
     rows = jacobian_rows(frame)
     cells = list(dict.fromkeys(rows["cell"])) or list(dict.fromkeys(frame["cell"]))
     color = alt.Color("cell_label:N", title="cell", scale=_cell_scale(cells), legend=alt.Legend(orient="top"))
@@ -1077,6 +1115,8 @@ def jacobian_chart(frame: pd.DataFrame) -> alt.VConcatChart:
 def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:
     """Fitted per-step rate of ‖dL/dh_t‖ vs weight scale, one line per cell (dash per sequence length), rate 1
     marked; an LSTM's cell-state rates (quantity "cell_state"), if any, are not drawn."""
+    import altair as alt
+
     hidden = rates[rates["quantity"] == "hidden_state"] if "quantity" in rates else rates
     rows = hidden[np.isfinite(hidden["rate"].astype(float))].copy()
     cells = list(dict.fromkeys(rows["cell"]))
@@ -1099,7 +1139,7 @@ def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:
     points = base.mark_point(size=50, filled=True).encode(x=x, y=y, color=color, tooltip=tooltip)
     one = base.mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
     return alt.layer(line, points, one).properties(
-        autosize=PAD,
+        autosize=_pad(),
         title=alt.Title("Fitted per-step rate of the hidden-state gradient",
                         subtitle="The gray line is rate 1: the gradient keeps its size however far back it goes."))
 
@@ -1112,6 +1152,8 @@ def _device_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def timing_chart(table: pd.DataFrame) -> alt.Chart:
     """Median wall time of `explain` per device and engine (horizontal bars)."""
+    import altair as alt
+
     rows = _device_rows(table)[["run", "device", "engine", "engine_used", "time_ms"]]
     rows["time_text"] = [f"{v:.3g} ms" for v in rows["time_ms"]]
     return alt.Chart(rows).mark_bar().encode(
@@ -1122,7 +1164,7 @@ def timing_chart(table: pd.DataFrame) -> alt.Chart:
                         legend=alt.Legend(orient="top")),
         tooltip=[alt.Tooltip("device:N", title="device"), alt.Tooltip("engine:N", title="engine"),
                  alt.Tooltip("engine_used:N", title="engine used"), alt.Tooltip("time_text:N", title="median time")],
-    ).properties(width=560, height=alt.Step(26), autosize=PAD, title=alt.Title(
+    ).properties(width=560, height=alt.Step(26), autosize=_pad(), title=alt.Title(
         "Time per explanation", subtitle="Model build, forward and gradients; median of the repeats after a warm-up."))
 
 
@@ -1155,6 +1197,8 @@ def difference_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def difference_chart(table: pd.DataFrame) -> alt.LayerChart:
     """Max |difference| to the CPU twin reference per run and gradient (log scale; exact zeros on a floor)."""
+    import altair as alt
+
     rows = difference_rows(table)
     runs = list(dict.fromkeys(rows["run"]))
     x_scale = alt.Scale(type="log", padding=14)
@@ -1183,7 +1227,7 @@ def difference_chart(table: pd.DataFrame) -> alt.LayerChart:
     if (rows["status"] == DIFF_STATUS["zero"]).any():
         layers.append(base.mark_rule(strokeDash=[4, 4], color="gray", opacity=0.7).encode(
             x=alt.datum(rows.attrs["floor"])))
-    return alt.layer(*layers).properties(autosize=PAD, title=alt.Title(
+    return alt.layer(*layers).properties(autosize=_pad(), title=alt.Title(
         "Do the engines and devices agree?",
         subtitle="Points: largest absolute difference per gradient; gray ticks: the tolerance. Exact zeros sit on "
                  "the dashed floor line."))
