@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import streamlit as st
-import torch
 
-import hosting
-import ui
+import warmup
+
+# The favicon is an emoji drawn as an inline data: SVG (a :material/…: icon would be fetched from fonts.gstatic.com,
+# which fails offline). It is the SVG Streamlit itself makes of an emoji icon, given as a percent-encoded (ASCII)
+# data: URL: an emoji string made set_page_config load Streamlit's emoji catalogue, ~0.35 s of a cold server's first
+# page. Set before the heavy imports below, with the preload (warmup.py): the browser gets the page's title and
+# starts fetching the charts' front-end code while this first run still imports torch and pandas.
+FAVICON = "data:image/svg+xml," + quote("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 100 100'>"
+                                        "<text y='.9em' font-size='90'>📉</text></svg>")
+st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon=FAVICON)
+warmup.preload_components()
+
+import torch  # noqa: E402 (after the first messages to the browser: see above)
+
+import hosting  # noqa: E402
+import ui  # noqa: E402
 
 HERE = Path(__file__).parent
 PAGES = [
@@ -36,9 +50,6 @@ torch.set_flush_denormal(True)
 # small shared host sessions run in parallel; measured on 2 busy cores, a 12-run flow sweep took 2.46 s with torch's
 # 2 threads and 0.18 s with 1.
 torch.set_num_threads(1)
-# The favicon is an emoji: Streamlit draws it as an inline data: SVG (a :material/…: icon would be fetched from
-# fonts.gstatic.com, which fails offline).
-st.set_page_config(layout="wide", page_title="GRU Gradient Explainer", page_icon="📉")
 pages = [st.Page(path, title=title, icon=icon, default=i == 0)
          for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
 # Memory for a hosted server (hosting.py): glibc's malloc arenas capped once, caches dropped when nobody is connected.
