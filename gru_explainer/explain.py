@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -208,9 +209,42 @@ def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target:
 
 
 MASK_CACHE_SIZE = 4
-"""Structures whose masks `explain` keeps (a new seed, scale, dtype or device has the same masks)."""
+"""Structures whose masks a `MaskCache` keeps (a new seed, scale, dtype or device has the same masks)."""
 MASK_CACHE_BYTES = 1 << 19
-"""Only masks up to this size are kept (≤ 2 MiB in all): for larger configs computing them is a small share."""
+"""Only masks up to this size are kept (≤ 2 MiB a cache): for larger configs computing them is a small share."""
+
+
+class MaskCache:
+    """Structural masks by structure key: a few small entries, least recently used dropped first, thread-safe.
+
+    `get(key, compute)` returns copies, so a report may change its own masks."""
+
+    def __init__(self, size: int = MASK_CACHE_SIZE, max_bytes: int = MASK_CACHE_BYTES) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self.entries: OrderedDict[tuple, dict] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, compute: Callable[[], dict[str, Tensor | dict | None]]) -> dict[str, Tensor | None]:
+        """Copies of the masks cached under `key`, computed (and kept when small enough) on a miss."""
+        with self.lock:
+            masks = self.entries.get(key)
+            if masks is not None:
+                self.entries.move_to_end(key)
+        if masks is None:
+            masks = compute()
+            if _nbytes(masks) <= self.max_bytes:
+                with self.lock:
+                    self.entries[key] = masks
+                    while len(self.entries) > self.size:
+                        self.entries.popitem(last=False)
+        return {name: _copy(value) for name, value in masks.items()}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 def _mask_key(cfg: ExplainConfig) -> tuple:
@@ -219,25 +253,12 @@ def _mask_key(cfg: ExplainConfig) -> tuple:
             cfg.seq_len, cfg.batch_size, cfg.target)
 
 
-_MASKS: OrderedDict[tuple, dict] = OrderedDict()
-_MASKS_LOCK = threading.Lock()
+_MASKS = MaskCache()
 
 
 def _cached_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:
     """`structural_masks`, from a small cache keyed on the structure; copies, so a report may change its own."""
-    key = _mask_key(cfg)
-    with _MASKS_LOCK:
-        masks = _MASKS.get(key)
-        if masks is not None:
-            _MASKS.move_to_end(key)
-    if masks is None:
-        masks = structural_masks(cfg, target)
-        if _nbytes(masks) <= MASK_CACHE_BYTES:
-            with _MASKS_LOCK:
-                _MASKS[key] = masks
-                while len(_MASKS) > MASK_CACHE_SIZE:
-                    _MASKS.popitem(last=False)
-    return {name: _copy(value) for name, value in masks.items()}
+    return _MASKS.get(_mask_key(cfg), lambda: structural_masks(cfg, target))
 
 
 def _nbytes(value: Tensor | dict | None) -> int:

@@ -206,6 +206,12 @@ def build_frame(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES
     then the input. The statistics of all blocks of one quantity are computed together (one reduction each).
     `quantities` keeps only those rows (the others are not computed): `report.frame` has them all.
     """
+    return pd.DataFrame(frame_columns(report, quantities))
+
+
+def frame_columns(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES) -> dict[str, np.ndarray]:
+    """`build_frame`'s columns (FRAME_COLUMNS) as arrays, before any DataFrame is made: many reports' columns
+    concatenate into one table at the cost of one DataFrame (training snapshots)."""
     cfg = report.config
     layers, num_dirs, steps = cfg.num_layers, cfg.num_directions, cfg.seq_len
     stacks = layers * num_dirs
@@ -238,7 +244,7 @@ def build_frame(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES
     order.append(("input", 0, 0, None))
     order = [block for block in order if block[0] in groups]
     if not order:
-        return pd.DataFrame({name: [] for name in FRAME_COLUMNS})
+        return {name: np.array([]) for name in FRAME_COLUMNS}
     columns: dict[str, np.ndarray] = {
         "quantity": np.repeat(np.array([q for q, *_ in order], dtype=object), steps),
         "layer": np.repeat(np.array([layer for *_, layer, _ in order], dtype=np.int64), steps),
@@ -248,4 +254,4 @@ def build_frame(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES
     }
     for name in FRAME_COLUMNS[4:]:
         columns[name] = np.concatenate([groups[q][name][row] for q, row, *_ in order])
-    return pd.DataFrame(columns)
+    return columns

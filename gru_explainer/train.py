@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .config import CELL_LABELS
 from .errors import ConfigError
-from .report import build_frame
+from .report import frame_columns
 from .tasks import MIN_SEQ_LEN, TASKS, TaskBatch, TaskSpec, make_batch, task_accuracy, task_loss, task_spec
 from .watch import watch
 
@@ -231,15 +231,37 @@ def build_model(cfg: TrainConfig, spec: TaskSpec) -> TaskModel:
 # --- Snapshots -------------------------------------------------------------------------------------------------------
 
 
-def _log10_sum(log10: Tensor, dim: int | None = None) -> Tensor:
-    """log10 of Σ 10**log10 over `dim` (all elements when None), stable in float64; -inf for an empty sum."""
-    scaled = log10.double() * math.log(10.0)
-    if dim is None:
-        scaled = scaled.reshape(-1)
-        dim = 0
-    if scaled.shape[dim] == 0:
-        return torch.full(scaled.sum(dim=dim).shape, -math.inf, dtype=torch.float64)
-    return torch.logsumexp(scaled, dim=dim) / math.log(10.0)
+def _log10_sum(log10: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """log10 of Σ 10**log10 over `axis` (all elements when None), stable in float64: -inf for an empty sum or one of
+    exact zeros, inf / NaN where a term is."""
+    top = np.max(log10, axis=axis, keepdims=True, initial=-np.inf)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        summed = np.log10(np.sum(np.power(10.0, log10 - shift), axis=axis, keepdims=True)) + shift
+    return np.squeeze(np.where(np.isfinite(top), summed, top), axis=axis)
+
+
+def _input_columns(input_log10: Tensor, relevant: Tensor) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """`input_profile`'s rows as arrays (before any DataFrame is made) and its totals."""
+    log10 = input_log10.double().numpy()
+    relevant = relevant.numpy()
+    columns: dict[str, np.ndarray] = {"t": np.arange(log10.shape[1])}
+    for name, mask in (("relevant", relevant), ("irrelevant", ~relevant)):
+        count = mask.sum(axis=0)
+        summed = _log10_sum(np.where(mask, log10, -np.inf), axis=0)
+        mean = summed - np.log10(np.maximum(count, 1))
+        columns[f"{name}_log10"] = np.where(count > 0, mean, np.nan)
+        columns[f"{name}_items"] = count
+    rel, irr = float(_log10_sum(log10[relevant])), float(_log10_sum(log10[~relevant]))
+    top = max(rel, irr)
+    if not math.isfinite(top):
+        share = math.nan
+    else:
+        a, b = 10.0 ** (rel - top), 10.0 ** (irr - top)
+        share = a / (a + b)
+    totals = {"input_relevant_log10": rel, "input_irrelevant_log10": irr, "relevant_share": share,
+              "relevant_fraction": float(relevant.mean())}
+    return columns, totals
 
 
 def input_profile(input_log10: Tensor, relevant: Tensor) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -250,32 +272,17 @@ def input_profile(input_log10: Tensor, relevant: Tensor) -> tuple[pd.DataFrame, 
     the relevant share of the summed norms (the "mass") and the share of positions that are relevant (what a
     uniform spread would give).
     """
-    log10 = input_log10.double()
-    columns: dict[str, Any] = {"t": np.arange(log10.shape[1])}
-    for name, mask in (("relevant", relevant), ("irrelevant", ~relevant)):
-        count = mask.sum(dim=0)
-        summed = _log10_sum(torch.where(mask, log10, -math.inf), dim=0)
-        mean = summed - torch.log10(count.double().clamp(min=1))
-        columns[f"{name}_log10"] = torch.where(count > 0, mean, math.nan).numpy()
-        columns[f"{name}_items"] = count.numpy()
-    rel, irr = float(_log10_sum(log10[relevant])), float(_log10_sum(log10[~relevant]))
-    top = max(rel, irr)
-    if not math.isfinite(top):
-        share = math.nan
-    else:
-        a, b = 10.0 ** (rel - top), 10.0 ** (irr - top)
-        share = a / (a + b)
-    totals = {"input_relevant_log10": rel, "input_irrelevant_log10": irr, "relevant_share": share,
-              "relevant_fraction": float(relevant.float().mean())}
+    columns, totals = _input_columns(input_log10, relevant)
     return pd.DataFrame(columns), totals
 
 
 @dataclass
 class Snapshot:
-    """What one watched step leaves behind (tidy rows; tensors only for the final one)."""
+    """What one watched step leaves behind: its frame's and input profile's columns (arrays: `_tables` makes one
+    DataFrame of all snapshots, far cheaper than one per snapshot) and the input totals."""
 
-    frame: pd.DataFrame
-    inputs: pd.DataFrame
+    frame: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
     totals: dict[str, float]
 
 
@@ -289,11 +296,10 @@ def _snapshot(model: TaskModel, cfg: TrainConfig, batch: TaskBatch, step: int,
         loss = task_loss(cfg.task, output, batch.target)
         loss.backward()
     report = rec.calls[0].report
-    inputs, totals = input_profile(report.input_magnitude.log10_row_norm(), batch.relevant)
-    # Only the kept quantities are computed; the frame is labelled once for all snapshots at the end (`_tables`): one
-    # pandas operation on the whole table costs far less than one per snapshot.
-    frame = build_frame(report, SNAPSHOT_QUANTITIES)
-    return loss, output, Snapshot(frame, inputs, totals)
+    inputs, totals = _input_columns(report.input_magnitude.log10_row_norm(), batch.relevant)
+    # Only the kept quantities are computed, as arrays; the frame is made and labelled once for all snapshots at the
+    # end (`_tables`): one pandas operation on the whole table costs far less than one per snapshot.
+    return loss, output, Snapshot(frame_columns(report, SNAPSHOT_QUANTITIES), inputs, totals)
 
 
 # --- Training --------------------------------------------------------------------------------------------------------
@@ -432,16 +438,18 @@ def train(cfg: TrainConfig, limits: TrainLimits | None = None, progress: Progres
 
 def _tables(cfg: TrainConfig, snapshots: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The snapshots' frames and input profiles as two tidy tables (SNAPSHOT_COLUMNS; step, cell, t, ...)."""
-    steps = [step for step, *_ in snapshots]
-    frames = pd.concat([s.frame for *_, s in snapshots], keys=steps, names=["step", None]).reset_index(level=0)
-    keep = np.flatnonzero(frames["quantity"].isin(SNAPSHOT_QUANTITIES).to_numpy())
-    frames = frames.iloc[keep].reset_index(drop=True)
-    frames["cell"] = cfg.cell
+
+    def table(parts: list[dict[str, np.ndarray]], first: tuple[str, ...]) -> pd.DataFrame:
+        steps = np.concatenate([np.full(len(part["t"]), step) for (step, *_), part in zip(snapshots, parts,
+                                                                                          strict=True)])
+        columns = {"step": steps, "cell": np.full(len(steps), cfg.cell, dtype=object)}
+        columns.update({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
+        return pd.DataFrame({name: columns[name] for name in (*first, *(n for n in columns if n not in first))})
+
+    frames = table([s.frame for *_, s in snapshots], ("step",))
     frames["distance"] = cfg.seq_len - 1 - frames["t"].astype(int)
     frames = frames[list(SNAPSHOT_COLUMNS)]
-    inputs = pd.concat([s.inputs for *_, s in snapshots], keys=steps, names=["step", None]).reset_index(level=0)
-    inputs.insert(1, "cell", cfg.cell)
-    return frames, inputs.reset_index(drop=True)
+    return frames, table([s.inputs for *_, s in snapshots], ("step", "cell"))
 
 
 def _result(cfg: TrainConfig, spec: TaskSpec, model: TaskModel, probe: TaskBatch, history: list, snapshots: list,

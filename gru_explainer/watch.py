@@ -38,6 +38,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .adjoint import AdjointResult, Scaled, adjoint_pass, module_params
 from .config import CELL_LABELS, ExplainConfig
+from .explain import MaskCache
 from .models import cell_kind
 from .report import GradientReport
 
@@ -561,6 +562,10 @@ def _watch_masks(kind: str, layers: int, num_dirs: int, hidden: int, inputs: int
                 input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read, named_read=named_read)
 
 
+_MASKS = MaskCache(size=2, max_bytes=1 << 21)
+"""Masks of unpadded calls by structure (a training run's snapshots all share one entry; ≤ 4 MiB in all)."""
+
+
 def _cpu(scaled: Scaled) -> Scaled:
     return Scaled(scaled.mantissa.detach().cpu(), scaled.exponent.cpu())
 
@@ -576,7 +581,11 @@ def _build_report(call: WatchedCall) -> GradientReport:
                         bidirectional=module.bidirectional, head="none", seq_len=steps, batch_size=batch,
                         target=WATCH_TARGET, device=str(x.device),
                         dtype="float64" if x.dtype == torch.float64 else "float32")
-    masks = _watch_masks(kind, module.num_layers, num_dirs, hidden, module.input_size, call.mask, t["_present"])
+    structure = (kind, module.num_layers, num_dirs, hidden, module.input_size, call.mask, t["_present"])
+    if bool(call.mask.all()):  # no padding: the masks depend on the shapes and on what was read, so they are cached
+        masks = _MASKS.get((*structure[:5], tuple(call.mask.shape), structure[6]), lambda: _watch_masks(*structure))
+    else:
+        masks = _watch_masks(*structure)
     states = torch.stack([out.view(batch, steps, num_dirs, hidden).permute(2, 0, 1, 3) for out in outs])
     return GradientReport(
         config=cfg, engine="watch", device=str(x.device), module=module, head=None,

@@ -5,6 +5,7 @@ not supported is refused with a message naming it."""
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import math
 
@@ -446,6 +447,32 @@ def test_keep_summary_keeps_only_the_frame() -> None:
         _ = summary.calls[0].hidden_grad
     with pytest.raises(gx.WatchError, match="keep must be one of full, summary"), gx.watch(model, keep="everything"):
         pass
+
+
+def test_cached_masks_of_unpadded_calls_equal_fresh_ones_and_each_report_owns_its_copy() -> None:
+    """Unpadded calls share their structural masks through a small cache: the same masks as computed afresh,
+    per structure (what the loss read), and a report that changes its masks leaves the next one's alone."""
+    watch_module = importlib.import_module("gru_explainer.watch")
+    watch_module._MASKS.clear()
+    module = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=F64)
+
+    def masks(loss) -> gx.GradientReport:
+        with gx.watch(module) as rec:
+            loss(module(rand(2, 5, 3))).backward()
+        return rec.calls[0].report
+
+    first = masks(lambda out: out[0][:, 1].sum())
+    assert len(watch_module._MASKS) == 1
+    first.hidden_reached.fill_(False)
+    second = masks(lambda out: out[0][:, 1].sum())
+    only_h_n = masks(lambda out: out[1][0].sum())
+    assert len(watch_module._MASKS) == 2
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    for report, present in ((second, (True, False, False)), (only_h_n, (False, True, False))):
+        fresh = watch_module._watch_masks("lstm", 2, 2, 4, 3, valid, present)
+        for name in ("stacked_read", "hidden_reached", "cell_reached", "input_reached", "hidden_read", "cell_read"):
+            assert torch.equal(getattr(report, name), fresh[name]), name
+    assert second.hidden_reached.any()
 
 
 def test_calls_without_gradient_are_not_recorded_and_unbatched_input_works() -> None:
