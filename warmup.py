@@ -1,5 +1,6 @@
 """A cold server's first page, sooner (app layer, light: it imports neither torch nor pandas; the core never imports
-it).
+it). Two parts: the server imports torch and pandas as soon as it starts (`lifespan`), and the browser fetches the
+code that draws charts while the first script run computes (`preload_components`).
 
 A session's first script run spends seconds importing torch and pandas before its page sends its first chart or code
 block, and only then does the browser fetch and compile the front-end code that draws them (Streamlit loads each
@@ -12,11 +13,17 @@ page's real charts still come from the run's real computation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
+import threading
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import streamlit as st
+from streamlit.logger import get_logger
 
 COMPONENTS = ("ArrowVegaLiteChart", "StreamlitSyntaxHighlighter")
 """Streamlit's front-end chunks (file stems in its static/js folder) of the elements every page draws: Vega-Lite
@@ -49,3 +56,32 @@ def preload_components() -> None:
     st.html(f"<style>.st-key-{KEY}, [data-testid='stLayoutWrapper']:has(> .st-key-{KEY}) {{display: none;}}</style>")
     with st.container(key=KEY):
         st.html(PRELOAD_JS.format(files=json.dumps(list(files))), unsafe_allow_javascript=True)
+
+
+HEAVY_MODULES = ("torch", "pandas", "gru_explainer")
+"""What a session's first run would otherwise import itself (~3 s on 2 shared cores: torch 2.3-2.7 s, pandas
+0.6 s): third-party packages and the core, never the app layer (streamlit pages, `ui`), so the background import
+and a session's own import can only wait for each other, never deadlock (each imports nothing the other holds)."""
+_LOG = get_logger(__name__)
+
+
+def import_heavy_modules(modules: tuple[str, ...] = HEAVY_MODULES) -> None:
+    """Import `modules` (in a background thread at the server's start: see `lifespan`). A failure is logged and left
+    to the script run, which imports the same modules and shows its error as usual."""
+    started = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (the session's own import raises it again, where it is shown)
+            _LOG.warning("warm-up: importing %s failed", name, exc_info=True)
+            return
+    _LOG.info("warm-up: %s imported in %.1f s", ", ".join(modules), time.perf_counter() - started)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: object) -> AsyncIterator[None]:
+    """The server's start-up (app.py's `st.App`): import HEAVY_MODULES in a daemon thread and serve at once, so a
+    cold server's first visitor does not wait for torch after the front end has loaded. A session whose run needs
+    them before they are ready just waits for that import (Python's import locks) instead of starting its own."""
+    threading.Thread(target=import_heavy_modules, name="gx-warm-imports", daemon=True).start()
+    yield
