@@ -76,6 +76,19 @@ class AppPage:
         """The page's address on a server at `base_url`, with an optional query string (without "?")."""
         return f"{base_url.rstrip('/')}/{self.url_path}" + (f"?{query}" if query else "")
 
+    @property
+    def load_timeout_ms(self) -> float:
+        """How long a browser waits for this page at its defaults (`open_page`): LOAD_TIMEOUT_MS."""
+        return LOAD_TIMEOUT_MS.get(self.name, DEFAULT_LOAD_TIMEOUT_MS)
+
+
+DEFAULT_LOAD_TIMEOUT_MS = 60_000
+LOAD_TIMEOUT_MS = {"learn": 180_000}
+"""Pages whose load at their defaults can compute for long, by file stem: Watch it learn trains two models when its
+default run is not cached (on a fresh server, or after the idle watchdog dropped the caches: ~24 s on a quiet
+2-core machine, past 60 s in a loaded full test run). A longer limit costs nothing while the page is fast (the wait
+ends when it has drawn); it only lets a slow first run finish. Every other page keeps DEFAULT_LOAD_TIMEOUT_MS."""
+
 
 def app_pages(root: Path = ROOT) -> list[AppPage]:
     """The pages app.py's ``PAGES`` list declares (read with ast; app.py is not imported)."""
@@ -345,7 +358,7 @@ def capture_pages(browser: Any, base_url: str, pages: Sequence[AppPage], out_dir
         context = new_context(browser, viewport=dict(viewport), color_scheme=color_scheme)
         try:
             page = context.new_page()
-            open_page(page, app_page.url(base_url), min_charts=PAGE_CHARTS.get(app_page.name, 0))
+            open_page(page, app_page.url(base_url), app_page.load_timeout_ms, PAGE_CHARTS.get(app_page.name, 0))
             if suffix:
                 overflow = sideways_scroll(page)
                 assert overflow <= 0, f"{app_page.title} scrolls {overflow} px sideways at {viewport['width']} px"

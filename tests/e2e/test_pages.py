@@ -39,7 +39,7 @@ def assert_navigation(tab, current) -> None:
 
 @pytest.mark.parametrize("app_page", PAGES, ids=[p.name for p in PAGES])
 def test_page_renders(page, base_url, app_page):
-    visit(page, app_page.url(base_url))
+    open_page(page, app_page.url(base_url), app_page.load_timeout_ms)  # the learn page may train first: 180 s
     assert_navigation(page, app_page)
     expect(page.locator('[data-testid="stMain"] h1').first).to_be_visible()
     # layout="wide": the main block uses the width (the centred layout caps it near 736 px).

@@ -68,7 +68,7 @@ def test_every_page_fits_every_screen(browser, base_url, app_page, viewport, sch
     context = new_context(browser, color_scheme=scheme, **options)
     try:
         tab = context.new_page()
-        open_page(tab, app_page.url(base_url, CHART_QUERY.get(app_page.url_path, "")))
+        open_page(tab, app_page.url(base_url, CHART_QUERY.get(app_page.url_path, "")), app_page.load_timeout_ms)
         if app_page.url_path in ("", "explorer", "flow", "devices"):
             # A first dark-theme load can rerun once more (the browser reports its theme): wait for the charts.
             expect(tab.locator('[data-testid="stVegaLiteChart"] svg').first).to_be_visible()
