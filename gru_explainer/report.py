@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .adjoint import LOG10_2, Scaled, log10_norm_over, row_max_abs
+from .adjoint import LOG10_2, ZERO_ROW, Scaled, row_max_abs
 from .config import ExplainConfig
 
 QUANTITIES = ("stacked_output", "hidden_state", "cell_state", "input")
@@ -159,38 +159,53 @@ def _group_stats(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tens
                 "direct_log10_norm": minus_inf, "exactly_zero": ~flags, "structurally_zero": ~flags,
                 "zero_cause": np.full((blocks, steps), "structural", dtype=object), "underflow": flags,
                 "nonfinite": flags, "forward_nonfinite": flags}
-    # Reductions over units (the contiguous last axis) first, then over the batch: faster than over both at once.
-    max_abs = row_max_abs(grad).amax(dim=1).double()  # NaN/inf iff non-finite there
-    exactly_zero = max_abs == 0
-    structurally_zero = reached.view(torch.uint8).amax(dim=3).amax(dim=1) == 0  # (10x faster than bool .any())
-    row_norm = torch.linalg.vector_norm(mantissa, dim=-1).double()  # mantissas are small: no overflow in the dtype
-    exponent_log10 = exponent.double() * LOG10_2
-    log10_norm = log10_norm_over(torch.log10(row_norm) + exponent_log10, dim=1)
-    log10_max_abs = (torch.log10(row_max_abs(mantissa).double()) + exponent_log10).amax(dim=1)
-    true_zero = log10_norm == -math.inf
-    underflow = exactly_zero & ~structurally_zero & ~true_zero
-    structural, zero = structurally_zero.numpy(), (exactly_zero & true_zero).numpy()
-    cause = np.where(structural, "structural", np.where(zero, "zero_on_path",
-                                                        np.where(underflow.numpy(), "underflow", ""))).astype(object)
+    # The passes over the big tensors in torch, over units (the contiguous last axis) first; what is left is
+    # [N, B, T] or smaller, where numpy's ops cost a fraction of torch's.
+    grad_max = row_max_abs(grad).double().numpy()  # NaN/inf iff non-finite there
+    unit_norm = torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy()
+    mantissa_norm = torch.linalg.vector_norm(mantissa, dim=-1).double().numpy()  # mantissas are small: no overflow
+    mantissa_max = row_max_abs(mantissa).double().numpy()
+    structural = reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() == 0  # (10x faster than bool .any())
     if forward is None or bool(torch.isfinite(forward.sum())):  # inf/NaN anywhere makes the sum inf/NaN
         forward_nonfinite = np.zeros((blocks, steps), dtype=bool)
     else:
         forward_nonfinite = (~torch.isfinite(forward).all(dim=3).all(dim=1)).numpy()
-    # the norm over units, then over the batch (float64): the same norm, several times faster than dim=(1, 3)
-    norm = torch.linalg.vector_norm(torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64), dim=1)
+    max_abs = grad_max.max(axis=1)
+    exactly_zero = max_abs == 0
+    exponents = exponent.numpy()
+    log10_norm = _log10_norm_over_batch(mantissa_norm, exponents)
+    with np.errstate(divide="ignore"):
+        log10_max_abs = (np.log10(mantissa_max) + exponents * LOG10_2).max(axis=1)
+    true_zero = log10_norm == -np.inf
+    underflow = exactly_zero & ~structural & ~true_zero
+    zero = exactly_zero & true_zero
+    cause = np.where(structural, "structural", np.where(zero, "zero_on_path",
+                                                        np.where(underflow, "underflow", ""))).astype(object)
     return {
-        "norm": norm.numpy(),
-        "max_abs": max_abs.numpy(),
-        "log10_norm": log10_norm.numpy(),
-        "log10_max_abs": log10_max_abs.numpy(),
-        "direct_log10_norm": log10_norm.numpy() if direct is None else direct.double().numpy(),
-        "exactly_zero": exactly_zero.numpy(),
+        "norm": np.sqrt(np.sum(unit_norm * unit_norm, axis=1)),  # the norm over units, then over the batch
+        "max_abs": max_abs,
+        "log10_norm": log10_norm,
+        "log10_max_abs": log10_max_abs,
+        "direct_log10_norm": log10_norm if direct is None else direct.double().numpy(),
+        "exactly_zero": exactly_zero,
         "structurally_zero": structural,
         "zero_cause": cause,
-        "underflow": underflow.numpy(),
-        "nonfinite": (~torch.isfinite(max_abs)).numpy(),
+        "underflow": underflow,
+        "nonfinite": ~np.isfinite(max_abs),
         "forward_nonfinite": forward_nonfinite,
     }
+
+
+def _log10_norm_over_batch(row_norm: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """log10 of the norm over the batch axis of rows with norms row_norm · 2**exponent ([N, B, T] each) -> [N, T]:
+    each (block, step) scaled by its largest power of two (exact), so nothing under- or overflows; -inf where every
+    row is zero, inf / NaN where a row is."""
+    live = row_norm != 0
+    exponent = np.where(live, exponent.astype(np.int64), ZERO_ROW)
+    top = np.max(exponent + np.frexp(row_norm)[1], axis=1, keepdims=True)  # the largest row's binary exponent
+    scaled = np.ldexp(row_norm, np.clip(exponent - top, -2000, 2000).astype(np.int32))  # <= 1: no overflow
+    with np.errstate(divide="ignore"):
+        return np.log10(np.sqrt(np.sum(scaled * scaled, axis=1))) + top[:, 0] * LOG10_2
 
 
 def _by_direction(values: Tensor, num_dirs: int) -> Tensor:

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from .adjoint import log10_sum
 from .config import CELL_LABELS
 from .errors import ConfigError
 from .report import frame_columns
@@ -231,16 +232,6 @@ def build_model(cfg: TrainConfig, spec: TaskSpec) -> TaskModel:
 # --- Snapshots -------------------------------------------------------------------------------------------------------
 
 
-def _log10_sum(log10: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """log10 of Σ 10**log10 over `axis` (all elements when None), stable in float64: -inf for an empty sum or one of
-    exact zeros, inf / NaN where a term is."""
-    top = np.max(log10, axis=axis, keepdims=True, initial=-np.inf)
-    shift = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        summed = np.log10(np.sum(np.power(10.0, log10 - shift), axis=axis, keepdims=True)) + shift
-    return np.squeeze(np.where(np.isfinite(top), summed, top), axis=axis)
-
-
 def _input_columns(input_log10: Tensor, relevant: Tensor) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """`input_profile`'s rows as arrays (before any DataFrame is made) and its totals."""
     log10 = input_log10.double().numpy()
@@ -248,11 +239,11 @@ def _input_columns(input_log10: Tensor, relevant: Tensor) -> tuple[dict[str, np.
     columns: dict[str, np.ndarray] = {"t": np.arange(log10.shape[1])}
     for name, mask in (("relevant", relevant), ("irrelevant", ~relevant)):
         count = mask.sum(axis=0)
-        summed = _log10_sum(np.where(mask, log10, -np.inf), axis=0)
+        summed = log10_sum(np.where(mask, log10, -np.inf), axis=0)
         mean = summed - np.log10(np.maximum(count, 1))
         columns[f"{name}_log10"] = np.where(count > 0, mean, np.nan)
         columns[f"{name}_items"] = count
-    rel, irr = float(_log10_sum(log10[relevant])), float(_log10_sum(log10[~relevant]))
+    rel, irr = float(log10_sum(log10[relevant])), float(log10_sum(log10[~relevant]))
     top = max(rel, irr)
     if not math.isfinite(top):
         share = math.nan
