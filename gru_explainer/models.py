@@ -92,13 +92,19 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
         kwargs = dict(num_layers=cfg.num_layers, batch_first=True, bidirectional=cfg.bidirectional)
         if cfg.cell.startswith("rnn_"):
             kwargs["nonlinearity"] = cfg.cell.removeprefix("rnn_")
-        module = FUSED_CLASSES[cfg.cell](cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype, **kwargs)
+        module = _bare(FUSED_CLASSES[cfg.cell], cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype, **kwargs)
     module = _materialise(module, device)
     with torch.no_grad():
-        for name, param in module.named_parameters():
-            fan_in = cfg.hidden_size if cfg.cell != "answer_gru" else _linear_fan_in(module, name)
-            bound = cfg.weight_scale / math.sqrt(fan_in)
-            param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
+        if isinstance(module, nn.RNNBase):  # one bound for all: one draw (the same numbers as one draw per parameter)
+            bound = cfg.weight_scale / math.sqrt(cfg.hidden_size)
+            params = list(module.parameters())
+            drawn = _uniform(torch.Size([sum(p.numel() for p in params)]), -bound, bound, gen, dtype)
+            for param, values in zip(params, drawn.split([p.numel() for p in params]), strict=True):
+                param.copy_(values.view(param.shape))
+        else:
+            for name, param in module.named_parameters():
+                bound = cfg.weight_scale / math.sqrt(_linear_fan_in(module, name))
+                param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
     if isinstance(module, nn.RNNBase):
         module.flatten_parameters()
     head = None
@@ -112,6 +118,19 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
     inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=torch.float64)
     inputs = inputs.to(dtype=dtype, device=device)
     return Built(module=module, head=head, inputs=inputs)
+
+
+def _bare(cls: type[nn.RNNBase], *args, **kwargs) -> nn.RNNBase:
+    """cls(*args, **kwargs) without its reset_parameters (`build` draws every parameter itself; on the meta device
+    PyTorch's init runs through Python decompositions, ~1 ms): built as a subclass that skips it, then made a plain
+    `cls` again (same attributes and layout)."""
+    module = _BARE[cls](*args, **kwargs)
+    module.__class__ = cls
+    return module
+
+
+_BARE = {cls: type(f"_Bare{cls.__name__}", (cls,), {"reset_parameters": lambda self: None})
+         for cls in set(FUSED_CLASSES.values())}
 
 
 def _materialise(module: nn.Module, device: torch.device) -> nn.Module:
