@@ -58,10 +58,14 @@ def preload_components() -> None:
         st.html(PRELOAD_JS.format(files=json.dumps(list(files))), unsafe_allow_javascript=True)
 
 
-HEAVY_MODULES = ("torch", "pandas", "gru_explainer")
+HEAVY_MODULES = ("torch", "pandas", "gru_explainer", "gru_explainer.charts", "gru_explainer.compare",
+                 "gru_explainer.flow", "gru_explainer.graph", "gru_explainer.urlstate")
 """What a session's first run would otherwise import itself (~3 s on 2 shared cores: torch 2.3-2.7 s, pandas
-0.6 s): third-party packages and the core, never the app layer (streamlit pages, `ui`), so the background import
-and a session's own import can only wait for each other, never deadlock (each imports nothing the other holds)."""
+0.6 s, the core modules `ui` reads ~0.1 s): third-party packages and the core, never the app layer (`ui`, the
+pages), so the background import and a session's own can only wait for each other, never deadlock (the core imports
+nothing of the app layer, and these modules import one another only in this order). Not Altair (only some pages'
+charts need it) nor torch._dynamo (an optimizer's first use imports it: 2.4 s and 67 MiB, for the training page
+alone)."""
 _LOG = get_logger(__name__)
 
 
