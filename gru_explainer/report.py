@@ -145,37 +145,77 @@ class GradientReport:
         return render(self.facts())
 
 
-def _group_stats(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tensor, direct: Tensor | None,
-                 forward: Tensor | None) -> dict[str, np.ndarray]:
-    """Per-step statistics of N blocks at once: gradients [N, B, T, K] in the dtype, structural masks [N, B, T, K],
-    rescaled true values (mantissa [N, B, T, K], exponent [N, B, T]), the log10 norm of what is read directly per
-    step ([N, T], or None: equal to the total) and the forward values [N, B, T, K] (or None). Arrays are [N, T]."""
+GroupInputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]
+"""One group of N blocks: gradients [N, B, T, K] in the dtype, structural masks [N, B, T, K], rescaled true values
+(mantissa [N, B, T, K], exponent [N, B, T]), the log10 norm of what is read directly per step ([N, T], or None: equal
+to the total) and the forward values [N, B, T, K] (or None)."""
+
+
+def _group_stats(groups: dict[str, GroupInputs]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-step statistics ([N, T] arrays) of every group (all of one batch and length). The passes over each
+    group's big tensors run in torch; what they leave ([N, B, T] and smaller) is joined across groups, so numpy's
+    small-array steps run once for all."""
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    reductions: dict[str, dict[str, np.ndarray]] = {}
+    for name, (grad, reached, mantissa, exponent, _direct, forward) in groups.items():
+        if grad.numel() == 0:
+            stats[name] = _empty_stats(*grad.shape[:3:2])
+        else:
+            reductions[name] = _group_reductions(grad, reached, mantissa, exponent, forward)
+    if reductions:
+        joined = _step_stats({key: np.concatenate([r[key] for r in reductions.values()])
+                              for key in next(iter(reductions.values()))})
+        start = 0
+        for name, reduced in reductions.items():
+            rows = slice(start, start + len(reduced["structural"]))
+            start = rows.stop
+            stats[name] = {key: values[rows] for key, values in joined.items()}
+            direct = groups[name][4]
+            stats[name]["direct_log10_norm"] = (stats[name]["log10_norm"] if direct is None else
+                                                direct.double().numpy())
+    return stats
+
+
+def _empty_stats(blocks: int, steps: int) -> dict[str, np.ndarray]:
+    """The statistics of blocks without elements (no unit, or no batch item): nothing there is reached."""
+    zeros = np.zeros((blocks, steps))
+    flags = np.zeros((blocks, steps), dtype=bool)
+    minus_inf = np.full((blocks, steps), -np.inf)
+    return {"norm": zeros, "max_abs": zeros, "log10_norm": minus_inf, "log10_max_abs": minus_inf,
+            "direct_log10_norm": minus_inf, "exactly_zero": ~flags, "structurally_zero": ~flags,
+            "zero_cause": np.full((blocks, steps), "structural", dtype=object), "underflow": flags,
+            "nonfinite": flags, "forward_nonfinite": flags}
+
+
+def _group_reductions(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tensor,
+                      forward: Tensor | None) -> dict[str, np.ndarray]:
+    """The passes over one group's big tensors (see GroupInputs), over units (the contiguous last axis) first:
+    [N, B, T] per-row maxima and norms, exponents, and [N, T] structural / forward-non-finite flags."""
     blocks, _, steps, _ = grad.shape
-    if grad.numel() == 0:
-        zeros = np.zeros((blocks, steps))
-        flags = np.zeros((blocks, steps), dtype=bool)
-        minus_inf = np.full((blocks, steps), -np.inf)
-        return {"norm": zeros, "max_abs": zeros, "log10_norm": minus_inf, "log10_max_abs": minus_inf,
-                "direct_log10_norm": minus_inf, "exactly_zero": ~flags, "structurally_zero": ~flags,
-                "zero_cause": np.full((blocks, steps), "structural", dtype=object), "underflow": flags,
-                "nonfinite": flags, "forward_nonfinite": flags}
-    # The passes over the big tensors in torch, over units (the contiguous last axis) first; what is left is
-    # [N, B, T] or smaller, where numpy's ops cost a fraction of torch's.
-    grad_max = row_max_abs(grad).double().numpy()  # NaN/inf iff non-finite there
-    unit_norm = torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy()
-    mantissa_norm = torch.linalg.vector_norm(mantissa, dim=-1).double().numpy()  # mantissas are small: no overflow
-    mantissa_max = row_max_abs(mantissa).double().numpy()
-    structural = reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() == 0  # (10x faster than bool .any())
     if forward is None or bool(torch.isfinite(forward.sum())):  # inf/NaN anywhere makes the sum inf/NaN
         forward_nonfinite = np.zeros((blocks, steps), dtype=bool)
     else:
         forward_nonfinite = (~torch.isfinite(forward).all(dim=3).all(dim=1)).numpy()
-    max_abs = grad_max.max(axis=1)
+    return {
+        "grad_max": row_max_abs(grad).double().numpy(),  # NaN/inf iff non-finite there
+        "unit_norm": torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy(),
+        "mantissa_norm": torch.linalg.vector_norm(mantissa, dim=-1).double().numpy(),  # small: no overflow
+        "mantissa_max": row_max_abs(mantissa).double().numpy(),
+        "exponent": exponent.numpy(),
+        "structural": reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() == 0,  # (10x faster than .any())
+        "forward_nonfinite": forward_nonfinite,
+    }
+
+
+def _step_stats(reduced: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The frame's statistics ([N, T]) from `_group_reductions`' arrays (numpy: small arrays)."""
+    structural = reduced["structural"]
+    max_abs = reduced["grad_max"].max(axis=1)
     exactly_zero = max_abs == 0
-    exponents = exponent.numpy()
-    log10_norm = _log10_norm_over_batch(mantissa_norm, exponents)
+    unit_norm, exponents = reduced["unit_norm"], reduced["exponent"]
+    log10_norm = _log10_norm_over_batch(reduced["mantissa_norm"], exponents)
     with np.errstate(divide="ignore"):
-        log10_max_abs = (np.log10(mantissa_max) + exponents * LOG10_2).max(axis=1)
+        log10_max_abs = (np.log10(reduced["mantissa_max"]) + exponents * LOG10_2).max(axis=1)
     true_zero = log10_norm == -np.inf
     underflow = exactly_zero & ~structural & ~true_zero
     zero = exactly_zero & true_zero
@@ -186,13 +226,12 @@ def _group_stats(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent: Tens
         "max_abs": max_abs,
         "log10_norm": log10_norm,
         "log10_max_abs": log10_max_abs,
-        "direct_log10_norm": log10_norm if direct is None else direct.double().numpy(),
         "exactly_zero": exactly_zero,
         "structurally_zero": structural,
         "zero_cause": cause,
         "underflow": underflow,
         "nonfinite": ~np.isfinite(max_abs),
-        "forward_nonfinite": forward_nonfinite,
+        "forward_nonfinite": reduced["forward_nonfinite"],
     }
 
 
@@ -233,31 +272,32 @@ def frame_columns(report: GradientReport, quantities: tuple[str, ...] = QUANTITI
     batch = report.stacked_grad.shape[0]
     stacked = _by_direction(report.stacked_grad, num_dirs)
     states = report.hidden_states.reshape(stacks, batch, steps, -1)
-    groups = {}
+    groups: dict[str, GroupInputs] = {}
     if "stacked_output" in quantities:
-        groups["stacked_output"] = _group_stats(stacked, _by_direction(report.stacked_read, num_dirs), stacked,
-                                                torch.zeros(stacked.shape[:3], dtype=torch.int32), None,
-                                                _by_direction(report.output, num_dirs))
+        groups["stacked_output"] = (stacked, _by_direction(report.stacked_read, num_dirs), stacked,
+                                    torch.zeros(stacked.shape[:3], dtype=torch.int32), None,
+                                    _by_direction(report.output, num_dirs))
     for quantity, grad, reached, magnitude in (
             ("hidden_state", report.hidden_grad, report.hidden_reached, report.hidden_magnitude),
             ("cell_state", report.cell_grad, report.cell_reached, report.cell_magnitude)):
         if grad is None or reached is None or magnitude is None or quantity not in quantities:
             continue
         shape = (stacks, batch, steps, -1)
-        groups[quantity] = _group_stats(grad.reshape(shape), reached.reshape(shape), magnitude.mantissa.reshape(shape),
-                                        magnitude.exponent.reshape(shape[:3]),
-                                        report.direct_log10_norm[quantity].reshape(stacks, steps), states)
+        groups[quantity] = (grad.reshape(shape), reached.reshape(shape), magnitude.mantissa.reshape(shape),
+                            magnitude.exponent.reshape(shape[:3]),
+                            report.direct_log10_norm[quantity].reshape(stacks, steps), states)
     if "input" in quantities:
-        groups["input"] = _group_stats(report.input_grad[None], report.input_reached[None],
-                                       report.input_magnitude.mantissa[None], report.input_magnitude.exponent[None],
-                                       torch.full((1, steps), -math.inf, dtype=torch.float64), None)
+        groups["input"] = (report.input_grad[None], report.input_reached[None], report.input_magnitude.mantissa[None],
+                           report.input_magnitude.exponent[None],
+                           torch.full((1, steps), -math.inf, dtype=torch.float64), None)
+    stats = _group_stats(groups)
     # The frame's block order: (quantity, row of that quantity's [N, T] arrays, layer, direction).
     order = [("stacked_output", d, layers - 1, d) for d in range(num_dirs)]
     for layer in range(layers):
         for d in range(num_dirs):
             order += [(q, layer * num_dirs + d, layer, d) for q in ("hidden_state", "cell_state")]
     order.append(("input", 0, 0, None))
-    order = [block for block in order if block[0] in groups]
+    order = [block for block in order if block[0] in stats]
     if not order:
         return {name: np.array([]) for name in FRAME_COLUMNS}
     columns: dict[str, np.ndarray] = {
@@ -268,5 +308,5 @@ def frame_columns(report: GradientReport, quantities: tuple[str, ...] = QUANTITI
         "t": np.tile(np.arange(steps), len(order)),
     }
     for name in FRAME_COLUMNS[4:]:
-        columns[name] = np.concatenate([groups[q][name][row] for q, row, *_ in order])
+        columns[name] = np.concatenate([stats[q][name][row] for q, row, *_ in order])
     return columns
