@@ -20,6 +20,7 @@ reductions, broadcasting) follow torch's rules exactly, so ``Target.check`` acce
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import unicodedata
@@ -146,7 +147,18 @@ _KINDS: dict[type[ast.AST], str] = {
 
 
 def parse_target(text: str) -> Target:
-    """Parse and whitelist-check a target expression (no shapes needed); raises only TargetError."""
+    """Parse and whitelist-check a target expression (no shapes needed); raises only TargetError.
+
+    Targets are immutable: the last few texts' parses are kept (a page reruns the same target again and again)."""
+    return _parse_cached(text) if isinstance(text, str) else _parse(text)
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_cached(text: str) -> Target:
+    return _parse(text)
+
+
+def _parse(text: str) -> Target:
     if not isinstance(text, str):
         raise TargetError(f"the target must be a string such as {_EXAMPLE!r}, got {type(text).__name__}")
     if len(text) > MAX_TARGET_CHARS:
