@@ -10,9 +10,10 @@ seed every time (a sidebar change at the defaults: a cache miss, the full `expla
 every time (a T change: a cache miss at T = 11, 12, ...).
 
 `--cold` starts `streamlit run app.py` (headless, a free port) afresh for each repeat and opens the page in headless
-Chromium (launched before the server, as a visitor's browser is already open): the server's start until it answers
-/_stcore/health, then from opening the page until its first chart drew (its first run imports torch, pandas and
-altair and computes) and until every chart it draws at its defaults drew (scripts.screenshots.PAGE_CHARTS).
+Chromium (launched before the server, as a visitor's browser is already open) as soon as the server answers
+/_stcore/health: the server's start until then, then from opening the page until its first chart drew and until
+every chart it draws at its defaults drew (scripts.screenshots.PAGE_CHARTS). The page is opened at once, the worst
+case for the server's background import of torch and pandas (warmup.py), which it may still be running.
 """
 
 from __future__ import annotations
