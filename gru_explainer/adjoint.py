@@ -228,37 +228,36 @@ def _recurse(step, start: Scaled, direct: Scaled, every: int,
     return stored[::-1], exps[::-1], Scaled(m, e)
 
 
-def _recurse_into(step_into, start: Scaled, direct: Scaled, every: int) -> tuple[Tensor, list[Tensor], Scaled]:
-    """`_recurse` without padding, writing each carry straight into its step's row of one preallocated buffer.
+def _recurse_into(step_into, start: Scaled, direct: Scaled, every: int, rows: Tensor) -> tuple[Tensor, list[Tensor],
+                                                                                                   Scaled]:
+    """`_recurse` without padding, every carry written straight into its row of one preallocated buffer.
 
-    step_into(s, v, out) writes step s's carry (from v, the row of step s: dL/dh_s, for LSTM [dL/dh_s | carried
-    dL/dc_s], which it may complete in place) into `out` (the row of step s-1, or a scratch row after step 0), with
-    no new tensors. The rows are as wide as `start`; `direct` (normalised) adds to their first columns. Fewer ops per
-    step than `_recurse`, same numbers.
+    rows [T + 1, B, W] (W = start's width) is that buffer: rows[s + 1] is step s's row (dL/dh_s; for LSTM
+    [dL/dh_s | carried dL/dc_s], which step_into may complete in place), rows[0] the carry left after step 0.
+    step_into(s) reads rows[s + 1] and writes the carry into rows[s], with no new tensors (it holds its own views of
+    the rows: making a view costs more than a small op). `direct` (normalised) adds to the rows' first columns.
+    Returns rows[1:], the exponents and the carry left. Fewer ops per step than `_recurse`, same numbers.
     """
     steps = direct.mantissa.shape[0]
     active = (direct.exponent != ZERO_ROW).any(dim=1).tolist()
     plan = [(steps - 1 - s) % every == every - 1 for s in range(steps)]
-    out = direct.mantissa.new_empty(steps, *start.mantissa.shape)
-    rows = out.unbind(0)
-    last = torch.empty_like(rows[0])  # the carry left after step 0
+    row = rows.unbind(0)
     direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
-    rows[-1].copy_(start.mantissa)
+    row[steps].copy_(start.mantissa)
     e = start.exponent
     exps = []
     for s in range(steps - 1, -1, -1):
-        v = rows[s]
         if active[s]:
-            e = _add_into(v, e, direct_m[s], direct_e[s])
+            e = _add_into(row[s + 1], e, direct_m[s], direct_e[s])
         exps.append(e)
-        carry = rows[s - 1] if s else last
-        step_into(s, v, carry)
+        step_into(s)
         if plan[s] and s:
+            carry = row[s]
             k = torch.frexp(row_max_abs(carry)).exponent
             torch.ldexp(carry, -k.unsqueeze(1), out=carry)
             e = e + k
-    left = Scaled(*_renormalize(last, e)) if plan[0] else Scaled(last, e)
-    return out, exps[::-1], left
+    left = Scaled(*_renormalize(row[0], e)) if plan[0] else Scaled(row[0], e)
+    return rows[1:], exps[::-1], left
 
 
 CHUNK_ELEMENTS = 1 << 17
@@ -362,10 +361,12 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         terms = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row: v · (∂h/∂gh per block | z)
         gates_flat, direct_term = terms[:, :3].view(batch, 3 * hidden), terms[:, 3]
+        rows = states.new_empty(seq_len + 1, batch, hidden)  # `_recurse_into`'s buffer, and views of its rows
+        row, row_blocks = rows.unbind(0), rows.unsqueeze(2).unbind(0)
 
-        def step_into(s: int, v: Tensor, out: Tensor) -> None:  # out = v·z + (v·∂h/∂gh) @ W_hh, no new tensors
-            torch.mul(v.unsqueeze(1), coef_s[s], out=terms)
-            torch.addmm(direct_term, gates_flat, w_hh, out=out)
+        def step_into(s: int) -> None:  # carry = v·z + (v·∂h/∂gh) @ W_hh, no new tensors
+            torch.mul(row_blocks[s + 1], coef_s[s], out=terms)
+            torch.addmm(direct_term, gates_flat, w_hh, out=row[s])
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:  # (dL/dgi, dL/dgh) [T, B, 3H]
             d_gh = v.unsqueeze(2) * coef_hh
@@ -410,14 +411,18 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         d_gates = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row
         d_gates_flat, d_gates_cell, d_gates_out = d_gates.view(batch, 4 * hidden), d_gates[:, :3], d_gates[:, 3]
+        coef_cell_s, coef_out_s = coef[:, :, :3].unbind(0), coef[:, :, 3].unbind(0)
+        rows = states.new_empty(seq_len + 1, batch, 2 * hidden)  # `_recurse_into`'s buffer, and views of its rows
+        h_row, c_row = rows[..., :hidden].unbind(0), rows[..., hidden:].unbind(0)
+        c_row_blocks = rows[..., hidden:].unsqueeze(2).unbind(0)
 
-        def step_into(s: int, v: Tensor, out: Tensor) -> None:  # v's cell half becomes the total dL/dc_t, in place
-            v_h, v_c = v[:, :hidden], v[:, hidden:]
+        def step_into(s: int) -> None:  # the row's cell half becomes the total dL/dc_t, in place
+            v_h, v_c = h_row[s + 1], c_row[s + 1]
             v_c.addcmul_(v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
-            torch.mul(v_c.unsqueeze(1), coef_s[s][:, :3], out=d_gates_cell)
-            torch.mul(v_h, coef_s[s][:, 3], out=d_gates_out)
-            torch.mm(d_gates_flat, w_hh, out=out[:, :hidden])
-            torch.mul(v_c, f_s[s], out=out[:, hidden:])
+            torch.mul(c_row_blocks[s + 1], coef_cell_s[s], out=d_gates_cell)
+            torch.mul(v_h, coef_out_s[s], out=d_gates_out)
+            torch.mm(d_gates_flat, w_hh, out=h_row[s])
+            torch.mul(v_c, f_s[s], out=c_row[s])
 
         def gate_grads(v: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:  # gi and gh enter alike
             d = _lstm_gate_grads(v, c, coef)
@@ -436,9 +441,11 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             return v, (v * slope_s[s]) @ w_hh
 
         scratch = states.new_empty(batch, hidden)
+        rows = states.new_empty(seq_len + 1, batch, hidden)  # `_recurse_into`'s buffer, and views of its rows
+        row = rows.unbind(0)
 
-        def step_into(s: int, v: Tensor, out: Tensor) -> None:
-            torch.mm(torch.mul(v, slope_s[s], out=scratch), w_hh, out=out)
+        def step_into(s: int) -> None:
+            torch.mm(torch.mul(row[s + 1], slope_s[s], out=scratch), w_hh, out=row[s])
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:
             d = v * slope
@@ -447,7 +454,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         start = _zero_rows(zeros)
     interval = every or renorm_interval(gain)
     if valid is None:  # the lean loop: each carry written into its row, nothing stacked
-        mantissa, exps, carry = _recurse_into(step_into, start, direct_h, interval)
+        mantissa, exps, carry = _recurse_into(step_into, start, direct_h, interval, rows)
         stored = None
     else:
         direct = direct_h  # _recurse adds whole rows: LSTM rows are [dL/dh | dL/dc], nothing is read from c_t directly
