@@ -486,8 +486,15 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     def param_grads(h_values: Tensor, c_values: Tensor | None) -> tuple[Tensor | None, ...]:
         d_gi, d_gh = gate_grads(h_values, c_values)
         flat_gi, flat_gh = d_gi.reshape(-1, d_gi.shape[-1]), d_gh.reshape(-1, d_gh.shape[-1])
+        bias_gi = flat_gi.sum(0) if b_ih is not None else None
+        if b_hh is None:
+            bias_gh = None
+        elif d_gh is d_gi and bias_gi is not None:  # LSTM, RNN: the same gate gradients, so the same sum
+            bias_gh = bias_gi.clone()
+        else:
+            bias_gh = flat_gh.sum(0)
         return (_mm(flat_gi.T, inputs.reshape(-1, inputs.shape[-1])), _mm(flat_gh.T, prev.reshape(-1, hidden)),
-                flat_gi.sum(0) if b_ih is not None else None, flat_gh.sum(0) if b_hh is not None else None)
+                bias_gi, bias_gh)
 
     if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
         input_m = inputs.new_empty(seq_len, batch, w_ih.shape[1])

@@ -14,6 +14,7 @@ numeric zero: vanishing gradients underflow to exact zeros, which the report fla
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -217,12 +218,22 @@ MASK_CACHE_BYTES = 1 << 19
 class MaskCache:
     """Structural masks by structure key: a few small entries, least recently used dropped first, thread-safe.
 
-    `get(key, compute)` returns copies, so a report may change its own masks."""
+    `get(key, compute)` returns copies, so a report may change its own masks. `MaskCache.clear_all()` empties every
+    cache (a hosted server's idle clean-up)."""
+
+    _all: weakref.WeakSet[MaskCache] = weakref.WeakSet()
 
     def __init__(self, size: int = MASK_CACHE_SIZE, max_bytes: int = MASK_CACHE_BYTES) -> None:
         self.size, self.max_bytes = size, max_bytes
         self.entries: OrderedDict[tuple, dict] = OrderedDict()
         self.lock = threading.Lock()
+        MaskCache._all.add(self)
+
+    @classmethod
+    def clear_all(cls) -> None:
+        """Empty every mask cache of the process."""
+        for cache in list(cls._all):
+            cache.clear()
 
     def get(self, key: tuple, compute: Callable[[], dict[str, Tensor | dict | None]]) -> dict[str, Tensor | None]:
         """Copies of the masks cached under `key`, computed (and kept when small enough) on a miss."""

@@ -562,8 +562,8 @@ def _watch_masks(kind: str, layers: int, num_dirs: int, hidden: int, inputs: int
                 input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read, named_read=named_read)
 
 
-_MASKS = MaskCache(size=2, max_bytes=1 << 21)
-"""Masks of unpadded calls by structure (a training run's snapshots all share one entry; ≤ 4 MiB in all)."""
+_MASKS = MaskCache(size=2, max_bytes=1 << 23)
+"""Masks of unpadded calls by structure (a training run's snapshots all share one entry; ≤ 16 MiB in all)."""
 
 
 def _cpu(scaled: Scaled) -> Scaled:

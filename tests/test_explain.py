@@ -322,3 +322,17 @@ def test_cached_structural_masks_equal_fresh_ones_and_each_report_owns_its_copy(
     other = explain(cfg.replace(target="h_n[0].sum()"))
     assert not torch.equal(other.hidden_reached, second.hidden_reached)
     assert len(_MASKS) == 2
+
+
+def test_mask_caches_are_cleared_all_at_once():
+    """MaskCache.clear_all() empties explain's and watch's caches (the hosted server's idle clean-up calls it)."""
+    import importlib
+
+    from gru_explainer.explain import _MASKS, MaskCache
+
+    watch_masks = importlib.import_module("gru_explainer.watch")._MASKS
+    explain(ExplainConfig(seq_len=4))
+    watch_masks.get(("test",), lambda: {"m": torch.ones(2, dtype=torch.bool)})
+    assert len(_MASKS) >= 1 and len(watch_masks) >= 1
+    MaskCache.clear_all()
+    assert len(_MASKS) == 0 and len(watch_masks) == 0

@@ -264,8 +264,11 @@ def test_clear_caches_forgets_sessions_then_clears_and_trims(monkeypatch: pytest
     monkeypatch.setattr(hosting, "forget_expired_sessions", lambda: calls.append("sessions") or True)
     monkeypatch.setattr(hosting.st.cache_data, "clear", lambda: calls.append("caches"))
     monkeypatch.setattr(hosting, "release_memory", lambda: calls.append("trim"))
+    from gru_explainer.explain import MaskCache
+
+    monkeypatch.setattr(MaskCache, "clear_all", classmethod(lambda cls: calls.append("masks")))
     hosting.clear_caches()
-    assert calls == ["sessions", "caches", "trim"]
+    assert calls == ["sessions", "caches", "masks", "trim"]
 
 
 def test_page_caches_stay_within_their_budgets_under_load() -> None:
