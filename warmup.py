@@ -1,6 +1,7 @@
-"""A cold server's first page, sooner (app layer, light: it imports neither torch nor pandas; the core never imports
-it). Two parts: the server imports torch and pandas as soon as it starts (`lifespan`), and the browser fetches the
-code that draws charts while the first script run computes (`preload_components`).
+"""A cold server's first page, sooner (app layer; importing this module is light: Streamlit only). Two parts:
+the server imports torch, pandas and the core in a background thread as soon as it starts (`lifespan`, app.py's
+`st.App`), and the browser fetches the code that draws charts while the first script run still works
+(`preload_components`).
 
 A session's first script run spends seconds importing torch and pandas before its page sends its first chart or code
 block, and only then does the browser fetch and compile the front-end code that draws them (Streamlit loads each
