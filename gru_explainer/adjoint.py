@@ -245,9 +245,13 @@ def _recurse_into(step_into, start: Scaled, direct: Scaled, every: int, rows: Te
     direct_m, direct_e = direct.mantissa.unbind(0), direct.exponent.unbind(0)
     row[steps].copy_(start.mantissa)
     e = start.exponent
+    zero_start = bool((e == ZERO_ROW).all())  # the carry starts all zero (nothing read from h_n / c_n)
     exps = []
     for s in range(steps - 1, -1, -1):
-        if active[s]:
+        if active[s] and zero_start and s == steps - 1:  # 0 + direct = direct: a copy (`_add_into`'s numbers)
+            row[s + 1][:, :direct_m[s].shape[-1]].copy_(direct_m[s])
+            e = direct_e[s]
+        elif active[s]:
             e = _add_into(row[s + 1], e, direct_m[s], direct_e[s])
         exps.append(e)
         step_into(s)

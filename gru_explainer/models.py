@@ -87,13 +87,13 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     meta = torch.device("meta")
     if cfg.cell == "answer_gru":
-        module: nn.Module = SeedAnswerGRU(cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype)
-    else:
+        module: nn.Module = _materialise(SeedAnswerGRU(cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype),
+                                         device)
+    else:  # built where it runs, its parameters left uninitialised (all drawn below)
         kwargs = dict(num_layers=cfg.num_layers, batch_first=True, bidirectional=cfg.bidirectional)
         if cfg.cell.startswith("rnn_"):
             kwargs["nonlinearity"] = cfg.cell.removeprefix("rnn_")
-        module = _bare(FUSED_CLASSES[cfg.cell], cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype, **kwargs)
-    module = _materialise(module, device)
+        module = _bare(FUSED_CLASSES[cfg.cell], cfg.input_size, cfg.hidden_size, device=device, dtype=dtype, **kwargs)
     with torch.no_grad():
         if isinstance(module, nn.RNNBase):  # one bound for all: one draw (the same numbers as one draw per parameter)
             bound = cfg.weight_scale / math.sqrt(cfg.hidden_size)
@@ -121,9 +121,9 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
 
 
 def _bare(cls: type[nn.RNNBase], *args, **kwargs) -> nn.RNNBase:
-    """cls(*args, **kwargs) without its reset_parameters (`build` draws every parameter itself; on the meta device
-    PyTorch's init runs through Python decompositions, ~1 ms): built as a subclass that skips it, then made a plain
-    `cls` again (same attributes and layout)."""
+    """cls(*args, **kwargs) with its parameters left uninitialised (`build` draws every one itself; PyTorch's init
+    costs ~1 ms on the meta device, where it runs through Python decompositions, and draws numbers only to discard
+    them elsewhere): built as a subclass without reset_parameters, then made a plain `cls` again (same layout)."""
     module = _BARE[cls](*args, **kwargs)
     module.__class__ = cls
     return module
