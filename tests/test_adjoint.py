@@ -255,3 +255,70 @@ def test_answer_gru_regrouped_as_nn_gru_computes_the_same_function() -> None:
     y_answer, _ = model(x)
     y_gru, _ = answer_as_gru(model)(x)
     assert (y_answer - y_gru).abs().max() < 1e-12
+
+
+# --- Small helpers of the pass and the frame --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(300, 96, 2), (300, 96, 15), (300, 96, 16), (40, 128, 32)])
+def test_mm_equals_a_plain_matmul_in_either_orientation(shape) -> None:
+    """`_mm` runs narrow products transposed (faster BLAS path): same values, into `out` too."""
+    from gru_explainer.adjoint import _mm
+
+    rows, inner, cols = shape
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, inner, generator=gen), torch.randn(inner, cols, generator=gen)
+    expected = a.double() @ b.double()
+    assert torch.allclose(_mm(a, b).double(), expected, rtol=1e-5, atol=1e-5)
+    out = torch.full((rows, cols), math.nan)
+    assert _mm(a, b, out=out) is out and torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
+    wide = torch.full((rows, cols + 3), math.nan)
+    _mm(a.T.contiguous().T, b, out=wide[:, :cols])  # a transposed input and a strided output
+    assert torch.allclose(wide[:, :cols].double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.isnan(wide[:, cols:]).all()
+
+
+def test_log10_sum_is_stable_and_propagates_zeros_infs_and_nans() -> None:
+    from gru_explainer.adjoint import log10_sum
+
+    values = np.array([[-300.0, -301.0, -np.inf], [5.0, 5.0, 5.0], [-np.inf, -np.inf, -np.inf], [1.0, np.inf, 2.0],
+                       [1.0, np.nan, 2.0], [400.0, 399.0, -np.inf]])
+    got = log10_sum(values, axis=1)
+    assert got[0] == pytest.approx(-300 + math.log10(1.1), abs=1e-12)  # far below float64's range: no underflow
+    assert got[1] == pytest.approx(5 + math.log10(3), abs=1e-12)
+    assert got[2] == -math.inf and got[3] == math.inf and math.isnan(got[4])
+    assert got[5] == pytest.approx(400 + math.log10(1.1), abs=1e-12)  # above float64's range: no overflow
+    assert log10_sum(np.array([])) == -math.inf
+    assert float(log10_sum(values[:2])) == pytest.approx(5 + math.log10(3), abs=1e-12)
+
+
+def test_frame_batch_norm_from_scaled_rows_matches_float64_far_outside_the_range() -> None:
+    """The frame's log10 norm over the batch, from row norms × 2**exponent: against an exact log-domain sum, with
+    exponents far below and above float64's range, zero rows and non-finite rows."""
+    from gru_explainer.report import _log10_norm_over_batch
+
+    row_norm = np.array([[[0.75, 0.5], [0.0, 0.6], [0.9, 0.0]]])  # [N=1, B=3, T=2]
+    exponent = np.array([[[-2000, 3000], [ZERO_ROW, 2990], [-2001, ZERO_ROW]]], dtype=np.int32)
+    got = _log10_norm_over_batch(row_norm, exponent)
+    log2 = math.log10(2)
+    expected_t0 = 0.5 * math.log10(0.75 ** 2 + (0.9 / 2) ** 2) - 2000 * log2
+    expected_t1 = 0.5 * math.log10(0.5 ** 2 + (0.6 * 2.0 ** -10) ** 2) + 3000 * log2
+    assert got[0, 0] == pytest.approx(expected_t0, abs=1e-12) and got[0, 1] == pytest.approx(expected_t1, abs=1e-12)
+    zeros = _log10_norm_over_batch(np.zeros((1, 2, 1)), np.full((1, 2, 1), ZERO_ROW, dtype=np.int32))
+    assert zeros[0, 0] == -math.inf
+    bad = _log10_norm_over_batch(np.array([[[np.nan], [1.0]], [[np.inf], [1.0]]]), np.zeros((2, 2, 1), np.int32))
+    assert math.isnan(bad[0, 0]) and bad[1, 0] == math.inf
+
+
+def test_warm_heap_runs_once_and_leaves_results_alone() -> None:
+    """`warm_heap` (a malloc tuning, see its docstring) frees one untouched block once per process; the pass gives
+    the same numbers before and after it."""
+    from gru_explainer import adjoint
+
+    cfg = ExplainConfig(cell="lstm", seq_len=6, batch_size=2, hidden_size=4)
+    before = explain(cfg).hidden_grad.clone()
+    adjoint._heap_warm = False
+    adjoint.warm_heap()
+    assert adjoint._heap_warm
+    adjoint.warm_heap()  # a no-op now
+    assert torch.equal(explain(cfg).hidden_grad, before)
