@@ -380,7 +380,11 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         start = _zero_rows(zeros)
     elif kind == "lstm":
-        gates = linear(inputs.contiguous(), w_ih, b_ih).add_(linear(prev, w_hh, b_hh)).view(seq_len, batch, 4, hidden)
+        gates = linear(prev, w_hh, b_hh).view(-1, 4 * hidden)
+        gates.addmm_(inputs.contiguous().view(-1, inputs.shape[-1]), w_ih.T)  # + W_ih x_t (+ b_ih below)
+        if b_ih is not None:
+            gates.add_(b_ih)
+        gates = gates.view(seq_len, batch, 4, hidden)
         gates[:, :, :2].sigmoid_()
         gates[:, :, 3].sigmoid_()
         i, f, g, o = gates.unbind(2)
@@ -390,11 +394,12 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         cell = torch.empty_like(ig)
         c = torch.zeros_like(ig[0]) if c_0 is None else c_0.to(ig.dtype)
         frozen = [False] * seq_len if valid is None else (~valid).any(dim=1).tolist()
+        ig_s, f_s, cell_s = ig.unbind(0), f.unbind(0), cell.unbind(0)  # (views made once: cheaper than per step)
         for s in range(seq_len):
             if frozen[s]:
-                c = torch.where(valid[s].unsqueeze(-1), torch.addcmul(ig[s], f[s], c), c, out=cell[s])
+                c = torch.where(valid[s].unsqueeze(-1), torch.addcmul(ig_s[s], f_s[s], c), c, out=cell_s[s])
             else:
-                c = torch.addcmul(ig[s], f[s], c, out=cell[s])
+                c = torch.addcmul(ig_s[s], f_s[s], c, out=cell_s[s])
         tc = torch.tanh(cell)
         one = tc.new_ones(())
         h_to_c = o * torch.addcmul(one, tc, tc, value=-1)  # ∂h_t/∂c_t = o (1 - tanh²c_t)
@@ -405,7 +410,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         torch.mul(tc, torch.addcmul(o, o, o, value=-1), out=coef[:, :, 3])  # tanh(c_t) o (1 - o)
         # |h_to_c| <= 1; gate coefficients <= 1 except c_{t-1} f (1 - f) <= max |c| / 4
         gain = 2 * (1 + w_sum * max(1.0, float(row_max_abs(cell.flatten())) / 4)) + 1
-        h_to_c_s, coef_s, f_s = h_to_c.unbind(0), coef.unbind(0), f.unbind(0)
+        h_to_c_s, coef_s = h_to_c.unbind(0), coef.unbind(0)
 
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:  # v = [dL/dh_t | carried dL/dc_t]: one exponent
             v_h, v_c = v[:, :hidden], v[:, hidden:]
