@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gru_explainer.tasks import make_batch, task_accuracy, task_loss, task_spec
-from gru_explainer.train import TRAIN_CELLS, TrainConfig, build_model, train
+from gru_explainer.train import TRAIN_CELLS, Adam, TrainConfig, build_model, train
 
 from .engine import interleaved_ms
 
@@ -29,16 +29,16 @@ CONFIGS = {"page default (T=50, H=32, B=64)": TrainConfig(steps=STEPS, snapshot_
 
 
 def plain_run(cfg: TrainConfig) -> list[tuple[int, float, float]]:
-    """The same training loop as `train` (model, batches, Adam, clipping, per-step loss and accuracy), no watch."""
+    """The same training loop as `train` (model, batches, its Adam, clipping, per-step loss and accuracy), no watch."""
     spec = task_spec(cfg.task, cfg.seq_len)
     model = build_model(cfg, spec)
     data = torch.Generator().manual_seed(cfg.seed)
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    optimizer = Adam(params, lr=cfg.lr)
     history = []
     for step in range(cfg.steps):
         batch = make_batch(cfg.task, cfg.batch_size, cfg.seq_len, data)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         output = model(batch.x)
         loss = task_loss(cfg.task, output, batch.target)
         loss.backward()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +31,7 @@ from gru_explainer.train import (
     SNAPSHOT_COLUMNS,
     TrainConfig,
     TrainLimits,
+    build_model,
     first_step_below,
     input_profile,
     train,
@@ -354,3 +358,36 @@ def test_cli_train_bad_options_exit_2_naming_the_option(tmp_path, capsys, argv: 
     err = capsys.readouterr().err
     assert option in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_adam_takes_the_same_steps_as_torch_optim_adam() -> None:
+    """train's own Adam (torch.optim's first use imports torch._dynamo) gives torch.optim.Adam's numbers exactly,
+    also with clipping and a parameter that gets no gradient."""
+    from gru_explainer.train import Adam
+
+    cfg = TrainConfig(cell="lstm", steps=5)
+    spec = task_spec(cfg.task, cfg.seq_len)
+    ours, theirs = build_model(cfg, spec), build_model(cfg, spec)
+    frozen = "rnn.bias_hh_l0"
+    ours_opt = Adam(list(ours.parameters()), lr=0.03)
+    theirs_opt = torch.optim.Adam(list(theirs.parameters()), lr=0.03)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        batch = make_batch(cfg.task, 16, cfg.seq_len, data)
+        for model, opt in ((ours, ours_opt), (theirs, theirs_opt)):
+            opt.zero_grad()
+            task_loss(cfg.task, model(batch.x), batch.target).backward()
+            dict(model.named_parameters())[frozen].grad = None
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+            opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_training_does_not_import_torch_dynamo() -> None:
+    """A fresh process trains without importing torch._dynamo (2.4 s and 67 MiB on a cold server)."""
+    code = ("import sys; from gru_explainer.train import TrainConfig, train; "
+            "train(TrainConfig(steps=3, snapshot_every=1)); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
