@@ -463,32 +463,39 @@ def train(cfg: TrainConfig, limits: TrainLimits | None = None, progress: Progres
 
 
 def _tables(cfg: TrainConfig, snapshots: list) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The snapshots' frames and input profiles as two tidy tables (SNAPSHOT_COLUMNS; step, cell, t, ...)."""
+    """The snapshots' frames and input profiles as two tidy tables (SNAPSHOT_COLUMNS; step, cell, t, ...), each made
+    as one DataFrame from the joined arrays."""
 
-    def table(parts: list[dict[str, np.ndarray]], first: tuple[str, ...]) -> pd.DataFrame:
+    def columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         steps = np.concatenate([np.full(len(part["t"]), step) for (step, *_), part in zip(snapshots, parts,
                                                                                           strict=True)])
-        columns = {"step": steps, "cell": np.full(len(steps), cfg.cell, dtype=object)}
-        columns.update({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
-        return pd.DataFrame({name: columns[name] for name in (*first, *(n for n in columns if n not in first))})
+        joined = {"step": steps, "cell": np.full(len(steps), cfg.cell, dtype=object)}
+        joined.update({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
+        return joined
 
-    frames = table([s.frame for *_, s in snapshots], ("step",))
-    frames["distance"] = cfg.seq_len - 1 - frames["t"].astype(int)
-    frames = frames[list(SNAPSHOT_COLUMNS)]
-    return frames, table([s.inputs for *_, s in snapshots], ("step", "cell"))
+    frames = columns([s.frame for *_, s in snapshots])
+    frames["distance"] = cfg.seq_len - 1 - frames["t"]
+    inputs = columns([s.inputs for *_, s in snapshots])
+    return pd.DataFrame({name: frames[name] for name in SNAPSHOT_COLUMNS}), pd.DataFrame(inputs)
+
+
+def _hidden_summary(frame: dict[str, np.ndarray], top: int) -> dict[str, float]:
+    """The top layer's ‖dL/dh_t‖ at the first and the last step (log10; the first / last that is not NaN) and how
+    many of its steps have a zero cause, from one snapshot's frame columns (rows in t order)."""
+    rows = (frame["quantity"] == "hidden_state") & (frame["layer"] == top)
+    values = frame["log10_norm"][rows]
+    known = values[~np.isnan(values)]
+    return {"hidden_first_log10": float(known[0]) if len(known) else math.nan,
+            "hidden_last_log10": float(known[-1]) if len(known) else math.nan,
+            "hidden_zero_steps": int((frame["zero_cause"][rows] != "").sum())}
 
 
 def _result(cfg: TrainConfig, spec: TaskSpec, model: TaskModel, probe: TaskBatch, history: list, snapshots: list,
             seconds: float) -> TrainResult:
     frames, inputs = _tables(cfg, snapshots)
     top = cfg.num_layers - 1
-    hidden = frames[(frames["quantity"] == "hidden_state") & (frames["layer"] == top)].sort_values(["step", "t"])
-    by_step = hidden.groupby("step", sort=True)
-    first, last = by_step["log10_norm"].first(), by_step["log10_norm"].last()
-    zeros = (hidden["zero_cause"] != "").groupby(hidden["step"]).sum()
     rows = [{"step": step, "cell": cfg.cell, "loss": loss, "accuracy": accuracy, **snap.totals,
-             "hidden_first_log10": float(first[step]), "hidden_last_log10": float(last[step]),
-             "hidden_zero_steps": int(zeros[step])} for step, loss, accuracy, snap in snapshots]
+             **_hidden_summary(snap.frame, top)} for step, loss, accuracy, snap in snapshots]
     summary = pd.DataFrame(rows)
     history_frame = pd.DataFrame(history, columns=["step", "loss", "accuracy"])
     history_frame.insert(1, "cell", cfg.cell)
