@@ -196,11 +196,19 @@ def _group_reductions(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent:
         forward_nonfinite = np.zeros((blocks, steps), dtype=bool)
     else:
         forward_nonfinite = (~torch.isfinite(forward).all(dim=3).all(dim=1)).numpy()
+    grad_max = row_max_abs(grad).double().numpy()  # NaN/inf iff non-finite there
+    unit_norm = torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy()
+    # norms accumulate in float64 (a float32 sum of squares is off in the 8th digit: log10 of a norm of exactly 8)
+    if mantissa is grad:  # the values are their own true magnitudes (exponent 0): the same reductions
+        mantissa_norm, mantissa_max = unit_norm, grad_max
+    else:
+        mantissa_norm = torch.linalg.vector_norm(mantissa, dim=-1, dtype=torch.float64).numpy()
+        mantissa_max = row_max_abs(mantissa).double().numpy()
     return {
-        "grad_max": row_max_abs(grad).double().numpy(),  # NaN/inf iff non-finite there
-        "unit_norm": torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy(),
-        "mantissa_norm": torch.linalg.vector_norm(mantissa, dim=-1).double().numpy(),  # small: no overflow
-        "mantissa_max": row_max_abs(mantissa).double().numpy(),
+        "grad_max": grad_max,
+        "unit_norm": unit_norm,
+        "mantissa_norm": mantissa_norm,
+        "mantissa_max": mantissa_max,
         "exponent": exponent.numpy(),
         "structural": reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() == 0,  # (10x faster than .any())
         "forward_nonfinite": forward_nonfinite,
