@@ -569,6 +569,12 @@ def _order(direction: int):
     return (lambda t: t) if direction == 0 else (lambda t: t.flip(0))
 
 
+def _all_finite(*values: Tensor | None) -> bool:
+    """No inf/NaN in any of these tensors (one sum each: inf/NaN anywhere makes it inf/NaN; a sum that overflows
+    only sends the caller to its exact, slower path)."""
+    return all(v is None or v.numel() == 0 or bool(torch.isfinite(v.sum())) for v in values)
+
+
 def _nonfinite_rows(*values: Tensor | None) -> Tensor:
     """[T, B] bool: rows of [T, B, K] tensors holding any inf/NaN (one cheap reduction when there are none)."""
     bad = None
@@ -684,17 +690,19 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     cell_values = result.cell_grad.value(out=c_v[layer, d].transpose(0, 1) if d == 0 else None)
                 # Autograd's non-finite pattern: a step that is inf/NaN (or reads an inf/NaN from above) makes every
                 # step processed after it inf/NaN too (dense matmuls spread it to every unit).
-                read_bad = _nonfinite_rows(read.mantissa)
-                if direct_bad is not None:
-                    read_bad = read_bad | order(direct_bad)
-                # (The backward pass runs from the last processed step to the first: "after" is a lower index.)
-                bad = (_nonfinite_rows(values, cell_values) | read_bad).to(torch.int32)
-                seen = bad.flip(0).cumsum(dim=0).flip(0) > 0  # this step or a later one is bad
-                poisoned = read_bad | torch.cat([seen[1:], torch.zeros_like(seen[:1])])
-                if bool(poisoned.any()):
-                    values[poisoned] = math.nan
-                    if cell_values is not None:
-                        cell_values[poisoned] = math.nan
+                seen = None  # [T, B]: this step or a later one is inf/NaN (None: no step is)
+                if direct_bad is not None or not _all_finite(read.mantissa, values, cell_values):
+                    read_bad = _nonfinite_rows(read.mantissa)
+                    if direct_bad is not None:
+                        read_bad = read_bad | order(direct_bad)
+                    # (The backward pass runs from the last processed step to the first: "after" is a lower index.)
+                    bad = (_nonfinite_rows(values, cell_values) | read_bad).to(torch.int32)
+                    seen = bad.flip(0).cumsum(dim=0).flip(0) > 0
+                    poisoned = read_bad | torch.cat([seen[1:], torch.zeros_like(seen[:1])])
+                    if bool(poisoned.any()):
+                        values[poisoned] = math.nan
+                        if cell_values is not None:
+                            cell_values[poisoned] = math.nan
                 h_m[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.mantissa))
                 h_e[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.exponent))
                 if d == 1:
@@ -707,7 +715,8 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     param_grads[index] = result.param_grads(values, cell_values)
                 if initial is not None:
                     first = normalize(result.initial_grad.mantissa, result.initial_grad.exponent).value()
-                    first[seen[0]] = math.nan  # autograd's pattern: something processed before it was inf/NaN
+                    if seen is not None:
+                        first[seen[0]] = math.nan  # autograd's pattern: something processed before it was inf/NaN
                     h0_grad[index] = first[:, :hidden]
                     if lstm:
                         c0_grad[index] = first[:, hidden:]
@@ -716,10 +725,14 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     layer_grad = Scaled(*add_scaled(below.mantissa, below.exponent, layer_grad.mantissa,
                                                     layer_grad.exponent))
                 below = layer_grad
-                below_bad = order(seen) if below_bad is None else below_bad | order(seen)
+                if seen is not None:
+                    below_bad = order(seen) if below_bad is None else below_bad | order(seen)
             input_values = below.value()
-            direct, direct_bad = below, below_bad | _nonfinite_rows(input_values)
-        if bool(direct_bad.any()):
+            direct, direct_bad = below, below_bad
+            if not _all_finite(input_values):
+                input_bad = _nonfinite_rows(input_values)
+                direct_bad = input_bad if direct_bad is None else direct_bad | input_bad
+        if direct_bad is not None and bool(direct_bad.any()):
             input_values[direct_bad] = math.nan
 
     return AdjointResult(
