@@ -70,8 +70,9 @@ def run(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds to take the median of (default 3)")
     args = parser.parse_args()
-    run(1 if args.quick else 3)
+    run(args.repeats or (1 if args.quick else 3))
 
 
 if __name__ == "__main__":
