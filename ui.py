@@ -48,6 +48,7 @@ from gru_explainer.config import CELL_LABELS, CELLS, DTYPES, HEADS
 from gru_explainer.flow import jacobian_profile, profile_of
 from gru_explainer.graph import backward_graph, graph_facts
 from gru_explainer.urlstate import FIELD_NAMES, PAGE_KEYS, Notice, Quote, config_from_query, config_to_query
+from warmup import hidden_script
 
 CONFIG_KEY = "gx_config"
 NOTICES_KEY = "gx_config_notices"
@@ -116,12 +117,9 @@ def close_sidebar_on_narrow_screens(page: str) -> None:
     Streamlit closes it after a click in its navigation only for a phone's user agent; in a narrowed desktop window
     it stayed open over every page picked from it. The script (`st.html`'s supported JavaScript option) runs in the
     browser each time the page changes, not when a widget reruns the same page (an open sidebar then stays open while
-    its settings are edited); its container takes no space (style-only `st.html` adds none either).
+    its settings are edited); it is a `warmup.hidden_script`, taking no space.
     """
-    st.html(f"<style>.st-key-{CLOSER_KEY}, [data-testid='stLayoutWrapper']:has(> .st-key-{CLOSER_KEY}) "
-            "{display: none;}</style>")
-    with st.container(key=CLOSER_KEY):
-        st.html(CLOSE_SIDEBAR_JS.format(page=json.dumps(page), narrow=NARROW_PX), unsafe_allow_javascript=True)
+    hidden_script(CLOSER_KEY, CLOSE_SIDEBAR_JS.format(page=json.dumps(page), narrow=NARROW_PX))
 
 
 def seed_widget(key: str, value: Any) -> None:

@@ -47,16 +47,20 @@ def component_files(static: Path | None = None) -> tuple[str, ...]:
     return tuple(sorted(path.name for stem in COMPONENTS for path in static.glob(f"{stem}.*.js")))
 
 
+def hidden_script(key: str, script: str) -> None:
+    """Run `script` (a <script> element, `st.html`'s supported JavaScript option) in the browser from a container
+    keyed `key` that takes no space on the page (hidden with CSS; a style-only `st.html` adds none either)."""
+    st.html(f"<style>.st-key-{key}, [data-testid='stLayoutWrapper']:has(> .st-key-{key}) {{display: none;}}</style>")
+    with st.container(key=key):
+        st.html(script, unsafe_allow_javascript=True)
+
+
 def preload_components() -> None:
-    """Send the browser PRELOAD_JS for this Streamlit's COMPONENTS (call it before the heavy imports). Its container
-    takes no space (hidden with CSS, like the sidebar closer in `ui`); the browser runs the script once per page
-    load (its text never changes), so reruns cost nothing there."""
+    """Send the browser PRELOAD_JS for this Streamlit's COMPONENTS (call it before the heavy imports), as a
+    `hidden_script`; the browser runs it once per page load (its text never changes), so reruns cost nothing there."""
     files = component_files()
-    if not files:
-        return
-    st.html(f"<style>.st-key-{KEY}, [data-testid='stLayoutWrapper']:has(> .st-key-{KEY}) {{display: none;}}</style>")
-    with st.container(key=KEY):
-        st.html(PRELOAD_JS.format(files=json.dumps(list(files))), unsafe_allow_javascript=True)
+    if files:
+        hidden_script(KEY, PRELOAD_JS.format(files=json.dumps(list(files))))
 
 
 HEAVY_MODULES = ("torch", "pandas", "gru_explainer", "gru_explainer.charts", "gru_explainer.compare",

@@ -15,11 +15,12 @@ values (NaN) in one above it, one marker shape per cause (the core's zero_cause)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -86,21 +87,13 @@ ALTAIR_DEFAULT_THEME = {"config": {"view": {"continuousWidth": 300, "continuousH
 """What Altair's default theme adds to every spec, for specs built while Altair is not imported."""
 
 
-def _pad() -> alt.AutoSizeParams:
-    """`PAD`: Altair's explicit autosize. Without it Streamlit sizes a layered chart with "fit" and can squeeze its
+@functools.cache
+def pad() -> alt.AutoSizeParams:
+    """Altair's explicit autosize "pad". Without it Streamlit sizes a layered chart with "fit" and can squeeze its
     plot to a sliver. Made on first use, so that importing this module does not import Altair."""
-    if "PAD" not in globals():
-        import altair as alt
+    import altair as alt
 
-        globals()["PAD"] = alt.AutoSizeParams(type="pad")
-    return globals()["PAD"]
-
-
-def __getattr__(name: str) -> Any:
-    """`charts.PAD` (see `_pad`)."""
-    if name == "PAD":
-        return _pad()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return alt.AutoSizeParams(type="pad")
 
 
 def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
@@ -121,7 +114,7 @@ def chart_data(rows: pd.DataFrame) -> pd.DataFrame | alt.InlineData:
 
 
 AUTOSIZE_PAD = {"type": "pad"}
-"""`PAD` in a plain spec."""
+"""`pad()` in a plain spec."""
 _TYPES = {"Q": "quantitative", "N": "nominal", "O": "ordinal"}
 
 
@@ -1139,7 +1132,7 @@ def rate_chart(rates: pd.DataFrame) -> alt.LayerChart:
     points = base.mark_point(size=50, filled=True).encode(x=x, y=y, color=color, tooltip=tooltip)
     one = base.mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
     return alt.layer(line, points, one).properties(
-        autosize=_pad(),
+        autosize=pad(),
         title=alt.Title("Fitted per-step rate of the hidden-state gradient",
                         subtitle="The gray line is rate 1: the gradient keeps its size however far back it goes."))
 
@@ -1164,7 +1157,7 @@ def timing_chart(table: pd.DataFrame) -> alt.Chart:
                         legend=alt.Legend(orient="top")),
         tooltip=[alt.Tooltip("device:N", title="device"), alt.Tooltip("engine:N", title="engine"),
                  alt.Tooltip("engine_used:N", title="engine used"), alt.Tooltip("time_text:N", title="median time")],
-    ).properties(width=560, height=alt.Step(26), autosize=_pad(), title=alt.Title(
+    ).properties(width=560, height=alt.Step(26), autosize=pad(), title=alt.Title(
         "Time per explanation", subtitle="Model build, forward and gradients; median of the repeats after a warm-up."))
 
 
@@ -1227,7 +1220,7 @@ def difference_chart(table: pd.DataFrame) -> alt.LayerChart:
     if (rows["status"] == DIFF_STATUS["zero"]).any():
         layers.append(base.mark_rule(strokeDash=[4, 4], color="gray", opacity=0.7).encode(
             x=alt.datum(rows.attrs["floor"])))
-    return alt.layer(*layers).properties(autosize=_pad(), title=alt.Title(
+    return alt.layer(*layers).properties(autosize=pad(), title=alt.Title(
         "Do the engines and devices agree?",
         subtitle="Points: largest absolute difference per gradient; gray ticks: the tolerance. Exact zeros sit on "
                  "the dashed floor line."))

@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .charts import CELL_COLORS, CELL_DASHES, GUIDE_GRAY, PAD, _fmt_log10, chart_data
+from .charts import CELL_COLORS, CELL_DASHES, GUIDE_GRAY, _fmt_log10, chart_data, pad
 from .config import CELL_LABELS
 
 PROFILE_SERIES = {
@@ -214,7 +214,7 @@ def input_mass_chart(summary: pd.DataFrame, relevant_text: str) -> alt.LayerChar
     rule = alt.Chart(ref).mark_rule(strokeDash=[4, 4], color=GUIDE_GRAY).encode(y="y:Q")
     label = alt.Chart(ref).mark_text(align="left", dx=4, dy=-6, color=GUIDE_GRAY).encode(
         y="y:Q", x=alt.datum(float(rows["step"].min()) if len(rows) else 0.0), text="text:N")
-    return alt.layer(line, rule, label).properties(height=240, autosize=PAD, title=alt.Title(
+    return alt.layer(line, rule, label).properties(height=240, autosize=pad(), title=alt.Title(
         "Where the input gradient goes: relevant vs irrelevant positions",
         subtitle=[f"Share of Σ ‖dL/dx_(b,t)‖ over the batch that falls on {relevant_text} of each example (true "
                   "magnitudes). The dashed line is the share of positions that are relevant: what an input gradient "

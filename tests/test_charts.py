@@ -613,7 +613,7 @@ import altair as alt
 assert charts.ALTAIR_SCHEMA_URL == alt.SCHEMA_URL
 assert charts.ALTAIR_DEFAULT_THEME == alt.theme.get()()
 assert charts.puzzle_chart(report.frame).to_dict(validate=False) == before
-assert charts.PAD == alt.AutoSizeParams(type="pad")
+assert charts.pad() == alt.AutoSizeParams(type="pad")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
