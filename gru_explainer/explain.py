@@ -115,10 +115,12 @@ def _to_cpu(scaled: Scaled) -> Scaled:
     return Scaled(scaled.mantissa.detach().cpu(), scaled.exponent.cpu())
 
 
+_DENORMAL = torch.tensor([2.0 ** -140], dtype=torch.float32)  # a float32 denormal (read only)
+
+
 def flushes_denormals() -> bool:
     """Whether this thread's CPU currently flushes denormals to zero (torch.set_flush_denormal)."""
-    tiny = torch.tensor([2.0 ** -140], dtype=torch.float32)  # a float32 denormal
-    return bool((tiny * 1.0)[0] == 0)
+    return bool((_DENORMAL * 1.0)[0] == 0)
 
 
 def _named_grads(target_value: Tensor, named: dict[str, Tensor], extra: list[Tensor]) -> tuple[dict, list]:

@@ -274,7 +274,10 @@ def single_layer_view(fused: nn.RNNBase, layer: int) -> nn.RNNBase:
                   device=torch.device("meta"))
     if isinstance(fused, nn.RNN):
         kwargs["nonlinearity"] = fused.nonlinearity
-    view = type(fused)(in_size, fused.hidden_size, **kwargs)
+    cls = type(fused)
+    # (parameters uninitialised: every one is replaced below; PyTorch's init on the meta device costs ~1 ms)
+    view = _bare(cls, in_size, fused.hidden_size, **kwargs) if cls in _BARE else cls(in_size, fused.hidden_size,
+                                                                                      **kwargs)
     for direction in range(num_dirs):
         suffix = "_reverse" if direction == 1 else ""
         for kind, tensor in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .adjoint import log10_sum
 from .config import CELL_LABELS
 from .errors import ConfigError
-from .report import frame_columns
+from .report import frame_columns, tidy_frame
 from .tasks import MIN_SEQ_LEN, TASKS, TaskBatch, TaskSpec, make_batch, task_accuracy, task_loss, task_spec
 from .watch import watch
 
@@ -476,7 +476,7 @@ def _tables(cfg: TrainConfig, snapshots: list) -> tuple[pd.DataFrame, pd.DataFra
     frames = columns([s.frame for *_, s in snapshots])
     frames["distance"] = cfg.seq_len - 1 - frames["t"]
     inputs = columns([s.inputs for *_, s in snapshots])
-    return pd.DataFrame({name: frames[name] for name in SNAPSHOT_COLUMNS}), pd.DataFrame(inputs)
+    return tidy_frame({name: frames[name] for name in SNAPSHOT_COLUMNS}), tidy_frame(inputs)
 
 
 def _hidden_summary(frame: dict[str, np.ndarray], top: int) -> dict[str, float]:
