@@ -282,9 +282,9 @@ _STR_DTYPE = _arrow_str_dtype()
 
 
 def tidy_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """pd.DataFrame(columns), the same table, built faster: object columns of str become pandas' default string
-    arrays straight from pyarrow (pandas' own conversion checks element by element: ~0.1 ms a column, most of a
-    small frame's cost), and the fresh arrays are not copied again."""
+    """pd.DataFrame(columns), the same table, built faster: object columns holding only str become pandas' default
+    string arrays straight from pyarrow (pandas' own conversion checks element by element: ~0.1 ms a column, most of
+    a small frame's cost; other object columns are left to pandas), and the fresh arrays are not copied again."""
     if _STR_DTYPE is None:
         return pd.DataFrame(columns)
     import pyarrow as pa
@@ -294,9 +294,11 @@ def tidy_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     for name, values in columns.items():
         if isinstance(values, np.ndarray) and values.dtype == object:
             try:
-                values = ArrowStringArray(pa.array(values, type=pa.large_string()), dtype=_STR_DTYPE)
-            except (pa.ArrowException, TypeError):  # not all str: pandas' own conversion
-                values = pd.array(values, dtype=_STR_DTYPE)
+                strings = pa.array(values, type=pa.large_string())
+            except (pa.ArrowException, TypeError):  # not all str: pandas' own inference, as before
+                strings = None
+            if strings is not None and not strings.null_count:
+                values = ArrowStringArray(strings, dtype=_STR_DTYPE)
         converted[name] = values
     return pd.DataFrame(converted, copy=False)
 

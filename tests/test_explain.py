@@ -290,6 +290,25 @@ def test_frame_rows_and_values_come_from_the_tensors() -> None:
     assert picked == report.hidden_grad[1, 1, 2, 4, 5].item()
 
 
+def test_tidy_frame_is_the_dataframe_pandas_builds() -> None:
+    """report.tidy_frame (str columns straight from pyarrow) equals pd.DataFrame of the same columns: values, dtypes,
+    and a column of mixed objects or missing values goes through pandas' own conversion, as before."""
+    import numpy as np
+    import pandas as pd
+
+    from gru_explainer import report as report_module
+
+    columns = report_module.frame_columns(explain(small("lstm", bidirectional=True, target="y[:, 3].sum()")))
+    fast, plain = report_module.tidy_frame(columns), pd.DataFrame(columns)
+    assert fast.equals(plain) and fast.dtypes.equals(plain.dtypes)
+    assert set(fast.zero_cause) >= {"", "structural"}  # (the empty string is a value, not missing)
+    mixed = {"a": np.array(["x", 3, None], dtype=object), "b": np.array(["", "y", "z"], dtype=object),
+             "c": np.array(["x", None, "z"], dtype=object), "n": np.arange(3)}
+    fast, plain = report_module.tidy_frame(mixed), pd.DataFrame(mixed)
+    assert fast.equals(plain) and fast.dtypes.equals(plain.dtypes)
+    assert fast.a.isna().tolist() == [False, False, True] and fast.c.isna().tolist() == [False, True, False]
+
+
 def test_verdict_describes_this_config() -> None:
     text = explain(small("gru", num_layers=1, bidirectional=True, target="y[:, 2].sum()")).verdict()
     assert "exactly zero at t = 0–1, 3–6" in text
