@@ -210,9 +210,19 @@ def _group_reductions(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent:
         "mantissa_norm": mantissa_norm,
         "mantissa_max": mantissa_max,
         "exponent": exponent.numpy(),
-        "structural": reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() == 0,  # (10x faster than .any())
+        "structural": ~_reached_per_step(reached),
         "forward_nonfinite": forward_nonfinite,
     }
+
+
+def _reached_per_step(reached: Tensor) -> np.ndarray:
+    """[N, T]: does any element of block n at step t reach the target (reached: bool [N, B, T, K])? Read as 64-bit
+    words of 8 flags where the layout allows (a word is non-zero iff one of its bytes is: 5x faster than bytes)."""
+    units = reached.shape[-1]
+    if units and units % 8 == 0 and reached.is_contiguous() and reached.storage_offset() % 8 == 0:
+        words = reached.view(torch.uint8).view(torch.int64)  # [N, B, T, K / 8]; each word >= 0 (bytes are 0 or 1)
+        return words.amax(dim=(1, 3)).numpy() > 0
+    return reached.view(torch.uint8).amax(dim=3).amax(dim=1).numpy() > 0  # (10x faster than .any())
 
 
 def _step_stats(reduced: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

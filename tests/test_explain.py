@@ -309,6 +309,23 @@ def test_tidy_frame_is_the_dataframe_pandas_builds() -> None:
     assert fast.a.isna().tolist() == [False, False, True] and fast.c.isna().tolist() == [False, True, False]
 
 
+def test_reached_per_step_reads_every_flag() -> None:
+    """The frame's structural flags (any element of a block reached at a step), read as 64-bit words where the
+    layout allows: one True flag anywhere (any byte of a word, any batch item) is seen; views fall back."""
+    from gru_explainer.report import _reached_per_step
+
+    blocks, batch, steps, units = 2, 3, 4, 16
+    for n, b, t, k in itertools.product(range(blocks), range(batch), range(steps), range(units)):
+        reached = torch.zeros(blocks, batch, steps, units, dtype=torch.bool)
+        reached[n, b, t, k] = True
+        expected = torch.zeros(blocks, steps, dtype=torch.bool)
+        expected[n, t] = True
+        assert (_reached_per_step(reached) == expected.numpy()).all(), (n, b, t, k)
+    padded = torch.rand(blocks, batch, steps, units + 3, generator=torch.Generator().manual_seed(1)) < 0.02
+    for view in (padded[..., 1:units + 1], padded[..., :6], padded.transpose(1, 2)):
+        assert (_reached_per_step(view) == view.any(dim=3).any(dim=1).numpy()).all()
+
+
 def test_verdict_describes_this_config() -> None:
     text = explain(small("gru", num_layers=1, bidirectional=True, target="y[:, 2].sum()")).verdict()
     assert "exactly zero at t = 0–1, 3–6" in text
