@@ -265,7 +265,7 @@ def _recurse_into(step_into, start: Scaled, direct: Scaled, every: int, rows: Te
     return rows[1:], exps[::-1], left
 
 
-CHUNK_ELEMENTS = 1 << 17
+CHUNK_ELEMENTS = 1 << 18
 """Elementwise work over all steps runs in time chunks of about this many elements per tensor (they stay in cache)."""
 
 
@@ -413,12 +413,12 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         torch.mul(tc, torch.addcmul(o, o, o, value=-1), out=coef[:, :, 3])  # tanh(c_t) o (1 - o)
         # |h_to_c| <= 1; gate coefficients <= 1 except c_{t-1} f (1 - f) <= max |c| / 4
         gain = 2 * (1 + w_sum * max(1.0, float(row_max_abs(cell.flatten())) / 4)) + 1
-        h_to_c_s, coef_s = h_to_c.unbind(0), coef.unbind(0)
+        h_to_c_s = h_to_c.unbind(0)
 
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:  # v = [dL/dh_t | carried dL/dc_t]: one exponent
             v_h, v_c = v[:, :hidden], v[:, hidden:]
             v_c = torch.addcmul(v_c, v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
-            d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef_s[s]).view(batch, 4 * hidden)
+            d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef[s]).view(batch, 4 * hidden)
             return (v_h, v_c), torch.cat([d_gates @ w_hh, v_c * f_s[s]], dim=1)
 
         d_gates = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row
