@@ -232,9 +232,9 @@ def clear_caches() -> None:
     once the server is idle)."""
     forget_expired_sessions()
     st.cache_data.clear()
-    from gru_explainer.explain import MaskCache  # (here: importing the core imports torch)
+    from gru_explainer.cache import TensorCache  # (here: importing the core imports torch)
 
-    MaskCache.clear_all()  # the core's structural-mask caches (a few MB)
+    TensorCache.clear_all()  # the core's caches of structural masks and drawn models (a few MB)
     gc.collect()
     release_memory()
     _LOG.info("no session for %.0f s: page caches and closed sessions dropped, free memory returned to the OS",

@@ -13,15 +13,11 @@ numeric zero: vanishing gradients underflow to exact zeros, which the report fla
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from .adjoint import AdjointResult, Scaled, adjoint_pass
+from .cache import TensorCache
 from .config import ENGINES, ExplainConfig, Limits, resolve_device
 from .errors import ConfigError, DeviceError, TargetError
 from .models import SeedAnswerGRU, UnrolledTwin, answer_as_gru, build, single_layer_view
@@ -212,52 +208,9 @@ def _run_answer(model: SeedAnswerGRU, head: nn.Module | None, x: Tensor, target:
 
 
 MASK_CACHE_SIZE = 4
-"""Structures whose masks a `MaskCache` keeps (a new seed, scale, dtype or device has the same masks)."""
+"""Structures whose masks explain's cache keeps (a new seed, scale, dtype or device has the same masks)."""
 MASK_CACHE_BYTES = 1 << 19
 """Only masks up to this size are kept (≤ 2 MiB a cache): for larger configs computing them is a small share."""
-
-
-class MaskCache:
-    """Structural masks by structure key: a few small entries, least recently used dropped first, thread-safe.
-
-    `get(key, compute)` returns copies, so a report may change its own masks. `MaskCache.clear_all()` empties every
-    cache (a hosted server's idle clean-up)."""
-
-    _all: weakref.WeakSet[MaskCache] = weakref.WeakSet()
-
-    def __init__(self, size: int = MASK_CACHE_SIZE, max_bytes: int = MASK_CACHE_BYTES) -> None:
-        self.size, self.max_bytes = size, max_bytes
-        self.entries: OrderedDict[tuple, dict] = OrderedDict()
-        self.lock = threading.Lock()
-        MaskCache._all.add(self)
-
-    @classmethod
-    def clear_all(cls) -> None:
-        """Empty every mask cache of the process."""
-        for cache in list(cls._all):
-            cache.clear()
-
-    def get(self, key: tuple, compute: Callable[[], dict[str, Tensor | dict | None]]) -> dict[str, Tensor | None]:
-        """Copies of the masks cached under `key`, computed (and kept when small enough) on a miss."""
-        with self.lock:
-            masks = self.entries.get(key)
-            if masks is not None:
-                self.entries.move_to_end(key)
-        if masks is None:
-            masks = compute()
-            if _nbytes(masks) <= self.max_bytes:
-                with self.lock:
-                    self.entries[key] = masks
-                    while len(self.entries) > self.size:
-                        self.entries.popitem(last=False)
-        return {name: _copy(value) for name, value in masks.items()}
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
 
 def _mask_key(cfg: ExplainConfig) -> tuple:
@@ -266,24 +219,12 @@ def _mask_key(cfg: ExplainConfig) -> tuple:
             cfg.seq_len, cfg.batch_size, cfg.target)
 
 
-_MASKS = MaskCache()
+_MASKS = TensorCache(MASK_CACHE_SIZE, MASK_CACHE_BYTES)
 
 
 def _cached_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:
     """`structural_masks`, from a small cache keyed on the structure; copies, so a report may change its own."""
     return _MASKS.get(_mask_key(cfg), lambda: structural_masks(cfg, target))
-
-
-def _nbytes(value: Tensor | dict | None) -> int:
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0 if value is None else value.numel() * value.element_size()
-
-
-def _copy(value: Tensor | dict | None) -> Tensor | dict | None:
-    if isinstance(value, dict):
-        return {name: tensor.clone() for name, tensor in value.items()}
-    return None if value is None else value.clone()
 
 
 def structural_masks(cfg: ExplainConfig, target: Target) -> dict[str, Tensor | None]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .cache import TensorCache
 from .config import ExplainConfig
 
 FUSED_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
@@ -82,9 +83,11 @@ class Built:
 
 
 def build(cfg: ExplainConfig, device: torch.device) -> Built:
-    """Build the model and input for a validated config, deterministically from `cfg.seed` (no global RNG)."""
+    """Build the model and input for a validated config, deterministically from `cfg.seed` (no global RNG).
+
+    The drawn numbers of the last few configs are kept (`_DRAWS`: a new target, device or view of the same model
+    draws nothing again; every call gets its own copies)."""
     dtype = cfg.torch_dtype
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     meta = torch.device("meta")
     if cfg.cell == "answer_gru":
         module: nn.Module = _materialise(SeedAnswerGRU(cfg.input_size, cfg.hidden_size, device=meta, dtype=dtype),
@@ -94,30 +97,51 @@ def build(cfg: ExplainConfig, device: torch.device) -> Built:
         if cfg.cell.startswith("rnn_"):
             kwargs["nonlinearity"] = cfg.cell.removeprefix("rnn_")
         module = _bare(FUSED_CLASSES[cfg.cell], cfg.input_size, cfg.hidden_size, device=device, dtype=dtype, **kwargs)
-    with torch.no_grad():
-        if isinstance(module, nn.RNNBase):  # one bound for all: one draw (the same numbers as one draw per parameter)
-            bound = cfg.weight_scale / math.sqrt(cfg.hidden_size)
-            params = list(module.parameters())
-            drawn = _uniform(torch.Size([sum(p.numel() for p in params)]), -bound, bound, gen, dtype)
-            for param, values in zip(params, drawn.split([p.numel() for p in params]), strict=True):
-                param.copy_(values.view(param.shape))
-        else:
-            for name, param in module.named_parameters():
-                bound = cfg.weight_scale / math.sqrt(_linear_fan_in(module, name))
-                param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
-    if isinstance(module, nn.RNNBase):
-        module.flatten_parameters()
     head = None
     if cfg.head == "linear":
-        head = LinearHead(cfg.num_directions * cfg.hidden_size, cfg.head_size, device=meta, dtype=dtype)
-        head = _materialise(head, device)
-        with torch.no_grad():
-            bound = 1.0 / math.sqrt(head.fc.in_features)
-            for param in (head.fc.weight, head.fc.bias):
-                param.copy_(_uniform(param.shape, -bound, bound, gen, dtype))
+        head = _materialise(LinearHead(cfg.num_directions * cfg.hidden_size, cfg.head_size, device=meta, dtype=dtype),
+                            device)
+    drawn = _DRAWS.get(_draw_key(cfg), lambda: _draw(cfg, module, head))
+    with torch.no_grad():
+        params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
+        for param, values in zip(params, drawn["params"].split([p.numel() for p in params]), strict=True):
+            param.copy_(values.view(param.shape))
+    if isinstance(module, nn.RNNBase):
+        module.flatten_parameters()
+    return Built(module=module, head=head, inputs=drawn["inputs"].to(device=device))
+
+
+def _draw(cfg: ExplainConfig, module: nn.Module, head: LinearHead | None) -> dict[str, Tensor]:
+    """Every number `build` draws, in the module docstring's order, on the CPU in cfg's dtype: "params" (the
+    module's then the head's parameters, flat, in parameters() order) and "inputs" [B, T, I]."""
+    dtype = cfg.torch_dtype
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    parts = []
+    if isinstance(module, nn.RNNBase):  # one bound for all: one draw (the same numbers as one draw per parameter)
+        bound = cfg.weight_scale / math.sqrt(cfg.hidden_size)
+        parts.append(_uniform(torch.Size([sum(p.numel() for p in module.parameters())]), -bound, bound, gen, dtype))
+    else:
+        for name, param in module.named_parameters():
+            bound = cfg.weight_scale / math.sqrt(_linear_fan_in(module, name))
+            parts.append(_uniform(param.shape, -bound, bound, gen, dtype).reshape(-1))
+    if head is not None:
+        bound = 1.0 / math.sqrt(head.fc.in_features)
+        parts += [_uniform(param.shape, -bound, bound, gen, dtype).reshape(-1) for param in (head.fc.weight,
+                                                                                              head.fc.bias)]
     inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=torch.float64)
-    inputs = inputs.to(dtype=dtype, device=device)
-    return Built(module=module, head=head, inputs=inputs)
+    return {"params": torch.cat(parts), "inputs": inputs.to(dtype=dtype)}
+
+
+def _draw_key(cfg: ExplainConfig) -> tuple:
+    """Everything the drawn numbers depend on (not the target or the device)."""
+    return (cfg.cell, cfg.num_layers, cfg.input_size, cfg.hidden_size, cfg.bidirectional, cfg.head, cfg.head_size,
+            cfg.seq_len, cfg.batch_size, cfg.dtype, cfg.seed, cfg.weight_scale)
+
+
+DRAW_CACHE_SIZE = 4
+DRAW_CACHE_BYTES = 2 << 20
+"""Drawn models of up to 2 MiB each are kept, the last DRAW_CACHE_SIZE (≤ 8 MiB in all)."""
+_DRAWS = TensorCache(DRAW_CACHE_SIZE, DRAW_CACHE_BYTES)
 
 
 def _bare(cls: type[nn.RNNBase], *args, **kwargs) -> nn.RNNBase:

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .adjoint import AdjointResult, Scaled, adjoint_pass, module_params
+from .cache import TensorCache
 from .config import CELL_LABELS, ExplainConfig
-from .explain import MaskCache
 from .models import cell_kind
 from .report import GradientReport
 
@@ -562,7 +562,7 @@ def _watch_masks(kind: str, layers: int, num_dirs: int, hidden: int, inputs: int
                 input_reached=direct.clone(), hidden_read=hidden_read, cell_read=cell_read, named_read=named_read)
 
 
-_MASKS = MaskCache(size=2, max_bytes=1 << 23)
+_MASKS = TensorCache(size=2, max_bytes=1 << 23)
 """Masks of unpadded calls by structure (a training run's snapshots all share one entry; ≤ 16 MiB in all)."""
 
 

@@ -360,15 +360,18 @@ def test_cached_structural_masks_equal_fresh_ones_and_each_report_owns_its_copy(
     assert len(_MASKS) == 2
 
 
-def test_mask_caches_are_cleared_all_at_once():
-    """MaskCache.clear_all() empties explain's and watch's caches (the hosted server's idle clean-up calls it)."""
+def test_core_caches_are_cleared_all_at_once():
+    """TensorCache.clear_all() empties explain's and watch's mask caches and build's drawn models (the hosted
+    server's idle clean-up calls it)."""
     import importlib
 
-    from gru_explainer.explain import _MASKS, MaskCache
+    from gru_explainer.cache import TensorCache
+    from gru_explainer.explain import _MASKS
+    from gru_explainer.models import _DRAWS
 
     watch_masks = importlib.import_module("gru_explainer.watch")._MASKS
     explain(ExplainConfig(seq_len=4))
     watch_masks.get(("test",), lambda: {"m": torch.ones(2, dtype=torch.bool)})
-    assert len(_MASKS) >= 1 and len(watch_masks) >= 1
-    MaskCache.clear_all()
-    assert len(_MASKS) == 0 and len(watch_masks) == 0
+    assert len(_MASKS) >= 1 and len(watch_masks) >= 1 and len(_DRAWS) >= 1
+    TensorCache.clear_all()
+    assert len(_MASKS) == 0 and len(watch_masks) == 0 and len(_DRAWS) == 0

@@ -264,9 +264,9 @@ def test_clear_caches_forgets_sessions_then_clears_and_trims(monkeypatch: pytest
     monkeypatch.setattr(hosting, "forget_expired_sessions", lambda: calls.append("sessions") or True)
     monkeypatch.setattr(hosting.st.cache_data, "clear", lambda: calls.append("caches"))
     monkeypatch.setattr(hosting, "release_memory", lambda: calls.append("trim"))
-    from gru_explainer.explain import MaskCache
+    from gru_explainer.cache import TensorCache
 
-    monkeypatch.setattr(MaskCache, "clear_all", classmethod(lambda cls: calls.append("masks")))
+    monkeypatch.setattr(TensorCache, "clear_all", classmethod(lambda cls: calls.append("masks")))
     hosting.clear_caches()
     assert calls == ["sessions", "caches", "masks", "trim"]
 

@@ -83,6 +83,52 @@ def test_build_is_deterministic_and_leaves_the_global_rng_alone() -> None:
     assert not torch.equal(first.inputs, other.inputs)
 
 
+@pytest.mark.parametrize("cell", [*FUSED_CELLS, "answer_gru"])
+def test_build_draws_the_documented_numbers_and_every_build_owns_them(cell: str) -> None:
+    """The numbers are the module docstring's draws (recomputed here from a fresh generator), on the first build
+    and on a later one served from the cache of drawn models; changing one build's tensors changes no other."""
+    import math
+
+    from gru_explainer.models import _DRAWS
+
+    _DRAWS.clear()
+    layers = 1 if cell == "answer_gru" else 2
+    cfg = _cfg(cell, layers, cell != "answer_gru", "float32", head="linear", weight_scale=1.5, seed=5)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    first = build(cfg, CPU)
+    params = list(first.module.named_parameters())
+    if cell == "answer_gru":  # per parameter, bound from its Linear's fan-in
+        fan_in = {"lin_r": cfg.input_size + cfg.hidden_size, "lin_z": cfg.input_size + cfg.hidden_size,
+                  "lin_in": cfg.input_size, "lin_hn": cfg.hidden_size}
+        expected = [torch.empty(p.shape, dtype=torch.float64).uniform_(
+            -1.5 / math.sqrt(fan_in[name.split(".")[0]]), 1.5 / math.sqrt(fan_in[name.split(".")[0]]), generator=gen)
+            for name, p in params]
+    else:
+        bound = 1.5 / math.sqrt(cfg.hidden_size)
+        flat = torch.empty(sum(p.numel() for _, p in params), dtype=torch.float64).uniform_(-bound, bound,
+                                                                                            generator=gen)
+        expected = [part.view(p.shape) for part, (_, p) in zip(flat.split([p.numel() for _, p in params]), params,
+                                                                   strict=True)]
+    head_bound = 1 / math.sqrt(first.head.fc.in_features)
+    head_expected = [torch.empty(p.shape, dtype=torch.float64).uniform_(-head_bound, head_bound, generator=gen)
+                     for p in (first.head.fc.weight, first.head.fc.bias)]
+    inputs = torch.rand((cfg.batch_size, cfg.seq_len, cfg.input_size), generator=gen, dtype=torch.float64)
+    second = build(cfg.replace(target="h_n.sum()" if cell != "answer_gru" else "y.sum()"), CPU)  # a cache hit
+    assert len(_DRAWS) == 1
+    for built in (first, second):
+        for (name, p), want in zip(built.module.named_parameters(), expected, strict=True):
+            assert torch.equal(p, want.float()), name
+        assert torch.equal(built.head.fc.weight, head_expected[0].float())
+        assert torch.equal(built.head.fc.bias, head_expected[1].float())
+        assert torch.equal(built.inputs, inputs.float())
+    with torch.no_grad():
+        second.inputs.zero_()
+        next(second.module.parameters()).zero_()
+    third = build(cfg, CPU)
+    assert torch.equal(third.inputs, inputs.float()) and torch.equal(first.inputs, inputs.float())
+    assert torch.equal(next(third.module.parameters()), expected[0].float())
+
+
 def test_weight_scale_scales_the_init_range() -> None:
     small = build(_cfg("rnn_tanh", 1, False, "float64", weight_scale=0.5), CPU).module
     large = build(_cfg("rnn_tanh", 1, False, "float64", weight_scale=2.0), CPU).module
