@@ -326,6 +326,18 @@ def test_reached_per_step_reads_every_flag() -> None:
         assert (_reached_per_step(view) == view.any(dim=3).any(dim=1).numpy()).all()
 
 
+def test_zero_rows_have_a_positive_zero_max_abs() -> None:
+    """A zero row's max |value| is +0 at every size (max(amax, -amin) of zeros may give -0, which a CSV writes as
+    "-0.0"); here the stacked output has 64 K elements and is zero before the last step."""
+    import numpy as np
+
+    frame = explain(ExplainConfig(cell="gru", num_layers=1, input_size=8, hidden_size=128, seq_len=32,
+                                  batch_size=16)).frame
+    zero = frame[frame.exactly_zero]
+    assert len(zero) >= 31
+    assert not np.signbit(frame.max_abs.to_numpy()).any() and not np.signbit(frame.norm.to_numpy()).any()
+
+
 def test_verdict_describes_this_config() -> None:
     text = explain(small("gru", num_layers=1, bidirectional=True, target="y[:, 2].sum()")).verdict()
     assert "exactly zero at t = 0–1, 3–6" in text
