@@ -255,20 +255,73 @@ def wait_for_app(page: Any, timeout_ms: float = 60_000, min_charts: int = 0) -> 
         if not problems or attempt == 2:
             break
     assert not problems, "charts did not draw properly:\n" + "\n".join(problems)
+    page.evaluate(MARK_RUNS)
+
+
+MARK_RUNS = """() => {
+    if (window.__gxRuns === undefined) {
+        window.__gxRuns = 0;
+        new MutationObserver(records => {
+            for (const record of records) if (record.oldValue === 'notRunning') window.__gxRuns += 1;
+        }).observe(document.body, {attributes: true, subtree: true, attributeOldValue: true,
+                                   attributeFilter: ['data-test-script-state']});
+    }
+    window.__gxSeenRuns = window.__gxRuns;
+}"""
+"""Run by `wait_for_app` once the page is ready: counts, from then on in this document, every script run that starts
+(the app leaves the "notRunning" state) in ``window.__gxRuns``, and marks how many had started when the app was last
+seen ready (``window.__gxSeenRuns``). `run_started_since_ready` reads them: whether an interaction's rerun has begun,
+even when it has finished already."""
+RUN_STARTED = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (app && app.getAttribute('data-test-script-state') !== 'notRunning') return true;
+    return window.__gxRuns !== undefined && window.__gxRuns > window.__gxSeenRuns;
+}"""
+
+
+def run_started_since_ready(page: Any, timeout_ms: float) -> bool:
+    """Whether a script run started since `wait_for_app` last saw the app ready (is running now, or ran and finished
+    already), waiting up to `timeout_ms` for one; False when none started in that time, or when the wait broke off
+    (a navigation replaced the document: the `wait_for_app` that follows sees what the page does)."""
+    from playwright.sync_api import Error as PlaywrightError  # TimeoutError's base class too
+
+    try:
+        page.wait_for_function(RUN_STARTED, timeout=timeout_ms, polling=50)
+    except PlaywrightError:
+        return False
+    return True
+
+
+LAYOUT_SEEN = """() => {
+    const block = document.querySelector('[data-testid="stMainBlockContainer"]') || document.body;
+    const height = block.scrollHeight, now = performance.now();
+    const seen = window.__gxLayout || (window.__gxLayout = {block: null, height: -1, since: now});
+    if (seen.block !== block || seen.height !== height) { seen.block = block; seen.height = height; seen.since = now; }
+    return now - seen.since;
+}"""
+"""Records the main area's height in ``window.__gxLayout`` (with when it or the element measured last changed);
+returns for how many ms it has held (0 when it just changed)."""
+
+
+def track_layout(page: Any) -> None:
+    """Keep recording the main area's height in the page every 100 ms from now on, so that a later `wait_for_layout`
+    knows how long it has already held: for pages opened together and awaited one after another (several sessions
+    at once), which then need not each sit through a fresh LAYOUT_QUIET_MS. Call it once the page's document exists
+    (after ``goto``, ``wait_until="commit"`` will do)."""
+    page.evaluate(f"""() => {{
+        if (window.__gxLayoutTimer) return;
+        const seen = {LAYOUT_SEEN};
+        seen();
+        window.__gxLayoutTimer = setInterval(seen, 100);
+    }}""")
 
 
 def wait_for_layout(page: Any, quiet_ms: float = LAYOUT_QUIET_MS, timeout_ms: float = 30_000) -> None:
     """Wait until the main area's height has not changed for `quiet_ms` (elements keep growing for a moment after
-    the run ends, while their components load and lay out)."""
+    the run ends, while their components load and lay out). Measured from the first look unless `track_layout`
+    has been recording the height since earlier."""
     page.wait_for_function(
-        """(quiet) => {
-            const block = document.querySelector('[data-testid="stMainBlockContainer"]') || document.body;
-            const height = block.scrollHeight, now = performance.now();
-            const seen = window.__gxLayout || (window.__gxLayout = {height: -1, since: now});
-            if (seen.height !== height) { seen.height = height; seen.since = now; return false; }
-            return now - seen.since >= quiet;
-        }""",
-        arg=quiet_ms, timeout=timeout_ms, polling=100)
+        f"(quiet) => ({LAYOUT_SEEN})() >= quiet", arg=quiet_ms, timeout=timeout_ms, polling=100)
 
 
 def open_page(page: Any, url: str, timeout_ms: float = 60_000, min_charts: int = 0) -> None:

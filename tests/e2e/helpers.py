@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
 
-from scripts.screenshots import new_context, open_page, wait_for_app
+from scripts.screenshots import new_context, open_page, run_started_since_ready, wait_for_app
 
 TARGET_LINE = re.compile(r"^Target\s.+\s=\s")
 NUMBER = r"(-?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|-?inf|nan)"
@@ -34,11 +33,12 @@ def page_once(browser: Any, url: str) -> Iterator[Any]:
 
 
 def settle(tab: Any) -> None:
-    """After an interaction: wait for the rerun to start (if it has not finished already) and finish."""
-    # The rerun may have started and finished already (then this times out quietly); wait_for_app covers both.
-    with contextlib.suppress(Exception):
-        tab.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])',
-                              state="attached", timeout=1_500)
+    """After an interaction: wait for the rerun to start (up to 1.5 s; it may have finished already) and finish.
+
+    `wait_for_app` counts the runs that start in the page after it saw the app ready, so a rerun that came and went
+    before this call is seen at once instead of waiting out the 1.5 s (which remains the wait when an interaction
+    started no rerun at all)."""
+    run_started_since_ready(tab, timeout_ms=1_500)
     wait_for_app(tab)
 
 
