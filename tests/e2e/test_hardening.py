@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from gru_explainer import ExplainConfig, explain
 from gru_explainer.urlstate import config_to_query
-from scripts.screenshots import new_context, wait_for_app
+from scripts.screenshots import new_context, track_layout, wait_for_app
 
 from .helpers import page_url, verdict_line, verdict_value
 
@@ -39,15 +39,19 @@ def query(cfg: ExplainConfig) -> str:
 
 
 def test_eight_sessions_at_once_each_see_their_own_numbers(browser, base_url):
-    expected = [explain(cfg).target_value for cfg in SESSIONS]
-    assert len({f"{v:.6g}" for v in expected}) == len(SESSIONS), "the sessions' target values must be distinct"
     contexts = [new_context(browser) for _ in range(len(SESSIONS) + 1)]
     try:
         tabs = [ctx.new_page() for ctx in contexts]
-        # Navigate every session before waiting on any: the server runs their scripts concurrently.
+        # Navigate every session before waiting on any: the server runs their scripts concurrently. Each page records
+        # its layout from now on (track_layout): awaited one after another, the later ones have long been still.
         for tab, cfg in zip(tabs, SESSIONS, strict=False):
             tab.goto(page_url(base_url, "/explorer", query(cfg)), wait_until="commit")
+            track_layout(tab)
         tabs[-1].goto(page_url(base_url, "/explorer", HOSTILE), wait_until="commit")
+        track_layout(tabs[-1])
+        # The expected numbers, computed here while the server and the browser load the pages.
+        expected = [explain(cfg).target_value for cfg in SESSIONS]
+        assert len({f"{v:.6g}" for v in expected}) == len(SESSIONS), "the sessions' target values must be distinct"
         for tab, cfg, value in zip(tabs, SESSIONS, expected, strict=False):
             wait_for_app(tab, timeout_ms=WAIT_MS)
             line = verdict_line(tab)

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from scripts.screenshots import new_context, wait_for_app
+from scripts.screenshots import new_context, track_layout, wait_for_app
 from tests.test_hardening_urls import HOSTILE  # the AppTest check's keys and values, opened here in Chromium
 from ui import WORD_JOINER
 
@@ -54,6 +54,7 @@ def test_hostile_urls_on_every_page_show_their_text_literally(browser, base_url,
         tabs = [ctx.new_page() for ctx in contexts]
         for tab, page in zip(tabs, pages, strict=True):  # every session starts before any is awaited
             tab.goto(page.url(base_url, QUERY), wait_until="commit")
+            track_layout(tab)  # awaited one after another, the later pages have long been still
         for tab, page in zip(tabs, pages, strict=True):
             wait_for_app(tab, timeout_ms=180_000)
             # An alert's Markdown can draw a moment after the run ended (its renderer loads lazily; on a loaded
