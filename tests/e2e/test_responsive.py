@@ -1,6 +1,6 @@
 """Every page at a desktop's 1400×900 and a phone's 390×844, light and dark: nothing pans sideways, every chart is
-drawn inside its container with its legend whole, and on a phone or in a narrow window the navigation closes after
-a page switch."""
+drawn inside its container with its legend whole, chart text is light in the dark theme, and on a phone or in a
+narrow window the navigation closes after a page switch."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from scripts.screenshots import ROOT, app_pages, new_context, open_page
+from scripts.screenshots import ROOT, RUN_STARTED, app_pages, new_context, open_page, wait_for_app
 
-from .helpers import settle
+from .helpers import parse_colour, relative_luminance, settle
 
 pytestmark = pytest.mark.e2e
 PAGES = app_pages(ROOT)
@@ -59,66 +59,92 @@ def chart_count(tab: Any) -> int:
     return tab.locator('[data-testid="stVegaLiteChart"] svg').count()
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
+APP_BACKGROUND = """() => getComputedStyle(document.querySelector('[data-testid="stApp"]')).backgroundColor"""
+
+
+def background_luminance(tab: Any) -> float:
+    """The app background's relative luminance (0 black .. 1 white): which theme the page is drawn in."""
+    return relative_luminance(parse_colour(tab.evaluate(APP_BACKGROUND)))
+
+
+def assert_theme(tab: Any, scheme: str) -> None:
+    """The page is drawn in `scheme`: a light background (the light theme's white) or a dark one."""
+    luminance = background_luminance(tab)
+    assert (luminance > 0.8) if scheme == "light" else (luminance < 0.2), (
+        f"expected the {scheme} theme, the app background is {tab.evaluate(APP_BACKGROUND)}")
+
+
+def switch_scheme(tab: Any, scheme: str) -> None:
+    """Switch the browser's colour scheme in place (no reload, the same session): Streamlit follows the system theme
+    and redraws the page in it (chart text follows the CSS colour, ui.CHART_TEXT_CONFIG). Waits until the app's
+    background changed and the page settled again; AssertionError unless it is now drawn in `scheme`."""
+    before = tab.evaluate(APP_BACKGROUND)
+    tab.emulate_media(color_scheme=scheme)
+    tab.wait_for_function(f"(before) => ({APP_BACKGROUND})() !== before", arg=before, polling=50)
+    wait_for_app(tab)
+    assert_theme(tab, scheme)
+
+
+def check_fits(tab: Any, app_page: Any, viewport: dict, scheme: str) -> None:
+    """The page as drawn now, in `scheme`: no sideways panning, charts inside their containers, legends whole.
+
+    The check runs on a finished page (`open_page` / `switch_scheme` waited for it) and counts only when no script run
+    started meanwhile (`RUN_STARTED`: a dark-theme load once reran after the browser reported its theme); otherwise
+    it waits for that run and checks again."""
+    for _attempt in range(3):
+        assert_theme(tab, scheme)
+        if app_page.url_path in ("", "explorer", "flow", "devices"):
+            expect(tab.locator('[data-testid="stVegaLiteChart"] svg').first).to_be_visible()
+            assert chart_count(tab) >= 1
+        problems = layout_problems(tab)
+        if not tab.evaluate(RUN_STARTED):
+            break
+        wait_for_app(tab)
+    else:
+        pytest.fail(f"{app_page.title} kept rerunning: no finished page to check", pytrace=False)
+    assert not problems, f"{app_page.title} at {viewport['width']} px ({scheme}):\n" + "\n".join(problems)
+    if scheme == "dark" and chart_count(tab):  # chart text is drawn in the theme's (light) text colour, not black
+        label = tab.evaluate("""() => {
+            const text = document.querySelector('[data-testid="stVegaLiteChart"] g.role-axis-label text');
+            return text ? getComputedStyle(text).fill : null;  // computed: the attribute is currentColor
+        }""")
+        assert label is not None and background_luminance(tab) < 0.2 < relative_luminance(parse_colour(label)), (
+            f"{app_page.title} ({scheme}): axis labels drawn in {label} on {tab.evaluate(APP_BACKGROUND)}")
+
+
+def check_explorer_panels(tab: Any, side_by_side: bool) -> None:
+    """The explorer's bidirectional panels of one layer share a row at 1400 px and stack, full width, at 390 px."""
+    charts = tab.locator('[data-testid="stVegaLiteChart"]')
+    charts.nth(1).wait_for(state="visible")  # on a loaded machine the second panel can come a moment later
+    boxes = [c.bounding_box() for c in charts.all()[:2]]
+    same_row = abs(boxes[0]["y"] + boxes[0]["height"] - boxes[1]["y"] - boxes[1]["height"]) < 2
+    assert same_row is side_by_side, boxes
+    if not side_by_side:
+        assert all(b["width"] >= 0.85 * PHONE["width"] for b in boxes), boxes
+
+
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 @pytest.mark.parametrize("app_page", PAGES, ids=[p.name for p in PAGES])
-def test_every_page_fits_every_screen(browser, base_url, app_page, viewport, scheme) -> None:
-    """No sideways scroll, charts inside their containers, legends whole, at both widths and in both themes."""
+def test_every_page_fits_every_screen(browser, base_url, app_page, viewport) -> None:
+    """No sideways scroll, charts inside their containers, legends whole, at both widths and in both themes.
+
+    Each page loads once per width and is checked in both themes: loaded in one, then switched to the other in place
+    (`switch_scheme`, which asserts the switch happened). The desktop loads light and the phone loads dark, so both
+    themes are also checked as a fresh page load draws them. The explorer's bidirectional panels also sit side by
+    side on the desktop and stack on the phone (`check_explorer_panels`)."""
+    first, second = ("light", "dark") if viewport is DESKTOP else ("dark", "light")
     options = dict(PHONE_DEVICE) if viewport is PHONE else {"viewport": dict(viewport)}
-    context = new_context(browser, color_scheme=scheme, **options)
+    context = new_context(browser, color_scheme=first, **options)
     try:
         tab = context.new_page()
         open_page(tab, app_page.url(base_url, CHART_QUERY.get(app_page.url_path, "")), app_page.load_timeout_ms)
-        if app_page.url_path in ("", "explorer", "flow", "devices"):
-            # A first dark-theme load can rerun once more (the browser reports its theme): wait for the charts.
-            expect(tab.locator('[data-testid="stVegaLiteChart"] svg').first).to_be_visible()
-            settle(tab)
-            assert chart_count(tab) >= 1
-        problems = layout_problems(tab)
-        assert not problems, f"{app_page.title} at {viewport['width']} px ({scheme}):\n" + "\n".join(problems)
+        check_fits(tab, app_page, viewport, first)
+        if app_page.url_path == "explorer":
+            check_explorer_panels(tab, side_by_side=viewport is DESKTOP)
+        switch_scheme(tab, second)
+        check_fits(tab, app_page, viewport, second)
     finally:
         context.close()
-
-
-def test_dark_theme_draws_chart_text_in_the_theme(browser, base_url) -> None:
-    """In the dark theme the page background is dark and the axis labels are light (readable), not black."""
-    context = new_context(browser, color_scheme="dark")
-    try:
-        tab = context.new_page()
-        open_page(tab, base_url + "/")
-        colours = tab.evaluate("""() => {
-            const app = getComputedStyle(document.querySelector('[data-testid="stApp"]')).backgroundColor;
-            const label = document.querySelector('[data-testid="stVegaLiteChart"] g.role-axis-label text');
-            return [app, label ? getComputedStyle(label).fill : null];  // computed: the attribute is currentColor
-        }""")
-        def luminance(colour: str) -> float:
-            if colour.startswith("#"):
-                parts = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
-            else:
-                parts = [int(float(p)) for p in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
-            return sum(w * p for w, p in zip((0.2126, 0.7152, 0.0722), parts, strict=True)) / 255
-        background, label = colours
-        assert label is not None and luminance(background) < 0.2 < luminance(label), colours
-    finally:
-        context.close()
-
-
-def test_explorer_panels_sit_side_by_side_on_desktop_and_stack_on_a_phone(browser, base_url) -> None:
-    """The bidirectional panels of one layer share a row at 1400 px and stack, full width, at 390 px."""
-    for options, side_by_side in (({"viewport": dict(DESKTOP)}, True), (dict(PHONE_DEVICE), False)):
-        context = new_context(browser, **options)
-        try:
-            tab = context.new_page()
-            open_page(tab, base_url + "/explorer?cell=lstm&bidirectional=true")
-            charts = tab.locator('[data-testid="stVegaLiteChart"]')
-            charts.nth(1).wait_for(state="visible")  # on a loaded machine the second panel can come a moment later
-            boxes = [c.bounding_box() for c in charts.all()[:2]]
-            same_row = abs(boxes[0]["y"] + boxes[0]["height"] - boxes[1]["y"] - boxes[1]["height"]) < 2
-            assert same_row is side_by_side, boxes
-            if not side_by_side:
-                assert all(b["width"] >= 0.85 * PHONE["width"] for b in boxes), boxes
-        finally:
-            context.close()
 
 
 def test_phone_navigation_closes_after_a_page_switch(browser, base_url) -> None:
