@@ -140,3 +140,29 @@ def contrast_ratio(first: tuple[float, ...], second: tuple[float, ...]) -> float
 def hex_colour(rgb: tuple[float, ...]) -> str:
     """An opaque colour as #rrggbb (for failure messages)."""
     return "#" + "".join(f"{round(c):02x}" for c in rgb[:3])
+
+
+APP_BACKGROUND = """() => getComputedStyle(document.querySelector('[data-testid="stApp"]')).backgroundColor"""
+
+
+def background_luminance(tab: Any) -> float:
+    """The app background's relative luminance (0 black .. 1 white): which theme the page is drawn in."""
+    return relative_luminance(parse_colour(tab.evaluate(APP_BACKGROUND)))
+
+
+def assert_theme(tab: Any, scheme: str) -> None:
+    """The page is drawn in `scheme`: a light background (the light theme's white) or a dark one."""
+    luminance = background_luminance(tab)
+    assert (luminance > 0.8) if scheme == "light" else (luminance < 0.2), (
+        f"expected the {scheme} theme, the app background is {tab.evaluate(APP_BACKGROUND)}")
+
+
+def switch_scheme(tab: Any, scheme: str) -> None:
+    """Switch the browser's colour scheme in place (no reload, the same session): Streamlit follows the system theme
+    and redraws the page in it (chart text follows the CSS colour, ui.CHART_TEXT_CONFIG). Waits until the app's
+    background changed and the page settled again; AssertionError unless it is now drawn in `scheme`."""
+    before = tab.evaluate(APP_BACKGROUND)
+    tab.emulate_media(color_scheme=scheme)
+    tab.wait_for_function(f"(before) => ({APP_BACKGROUND})() !== before", arg=before, polling=50)
+    wait_for_app(tab)
+    assert_theme(tab, scheme)

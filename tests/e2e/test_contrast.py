@@ -1,6 +1,7 @@
 """Text contrast, measured in a real browser: every chart's text (axis, legend and title labels) and every caption
 reaches WCAG AA (4.5:1) against the background behind it, in the light and the dark theme (the app follows the
-visitor's preference). The luminance / contrast math (helpers.py) is unit-tested here too."""
+visitor's preference; each page loads once and is switched to the other theme in place). The luminance / contrast
+math (helpers.py) is unit-tested here too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import pytest
 
 from scripts.screenshots import new_context, open_page, wait_for_app
 
-from .helpers import AA_CONTRAST, composite, contrast_ratio, hex_colour, page_url, parse_colour, relative_luminance
+from .helpers import (
+    AA_CONTRAST,
+    assert_theme,
+    composite,
+    contrast_ratio,
+    hex_colour,
+    page_url,
+    parse_colour,
+    relative_luminance,
+    switch_scheme,
+)
 
 pytestmark = pytest.mark.e2e
 PAGES = {"explorer": "cell=lstm&bidirectional=true", "flow": ""}
@@ -115,22 +126,39 @@ def test_colours_parse_and_composite_as_a_browser_draws_them() -> None:
         parse_colour("none")
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
+FIRST_SCHEME = {"explorer": "light", "flow": "dark"}
+"""The theme each page loads in (it is then switched to the other in place): both themes are measured once as a fresh
+page load draws them."""
+
+
+def assert_contrast(tab: Any, path: str, scheme: str) -> None:
+    """Every visible chart text and caption on the page, as drawn now in `scheme`, reaches AA_CONTRAST."""
+    assert_theme(tab, scheme)
+    rows = text_contrasts(tab)
+    kinds = {kind for _, kind, *_ in rows}
+    assert "caption" in kinds and "chart role-axis-label" in kinds, f"nothing to measure: {sorted(kinds)}"
+    failing = [row for row in rows if row[0] < AA_CONTRAST]
+    worst = "\n".join(f"  {ratio:.2f}:1  {kind:<24} {colour} on {background}  {text!r}"
+                      for ratio, kind, text, colour, background in failing[:15])
+    assert not failing, (f"/{path} ({scheme}): {len(failing)} of {len(rows)} texts below {AA_CONTRAST}:1, "
+                         f"worst first:\n{worst}")
+
+
 @pytest.mark.parametrize("path", list(PAGES))
-def test_chart_text_and_captions_reach_wcag_aa(browser: Any, base_url: str, path: str, scheme: str) -> None:
-    """Every chart label, title and legend entry, and every caption, is at least 4.5:1 against its background."""
-    context = new_context(browser, color_scheme=scheme)
+def test_chart_text_and_captions_reach_wcag_aa(browser: Any, base_url: str, path: str) -> None:
+    """Every chart label, title and legend entry, and every caption, is at least 4.5:1 against its background, in
+    both themes: the page loads in one (FIRST_SCHEME) and is measured, then the browser's colour scheme is switched
+    in place (`switch_scheme` asserts the page is drawn in the other theme) and it is measured again."""
+    first = FIRST_SCHEME[path]
+    second = "dark" if first == "light" else "light"
+    context = new_context(browser, color_scheme=first)
     try:
         tab = context.new_page()
         open_page(tab, page_url(base_url, f"/{path}", PAGES[path]))
         wait_for_chart_text(tab)
-        rows = text_contrasts(tab)
-        kinds = {kind for _, kind, *_ in rows}
-        assert "caption" in kinds and "chart role-axis-label" in kinds, f"nothing to measure: {sorted(kinds)}"
-        failing = [row for row in rows if row[0] < AA_CONTRAST]
-        worst = "\n".join(f"  {ratio:.2f}:1  {kind:<24} {colour} on {background}  {text!r}"
-                          for ratio, kind, text, colour, background in failing[:15])
-        assert not failing, (f"/{path} ({scheme}): {len(failing)} of {len(rows)} texts below {AA_CONTRAST}:1, "
-                             f"worst first:\n{worst}")
+        assert_contrast(tab, path, first)
+        switch_scheme(tab, second)
+        wait_for_chart_text(tab)
+        assert_contrast(tab, path, second)
     finally:
         context.close()
