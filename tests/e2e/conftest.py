@@ -1,9 +1,9 @@
 """Shared fixtures for the end-to-end tests: one real Streamlit server, Debian's Chromium via playwright.
 
 The server (`python -m streamlit run app.py` on a free port) starts once per test session and is stopped by its
-PID. Each test gets a fresh browser context (a new Streamlit session) at 1400×900. When /usr/bin/chromium is
-missing the tests FAIL with the fix (scripts/test.sh installs it); they are never skipped. On a failure the
-page's screenshot and the server log's tail are attached to the report.
+PID. Each test gets a tab of its own (a new Streamlit session) in a 1400×900 browser context that the tests of its
+file share. When /usr/bin/chromium is missing the tests FAIL with the fix (scripts/test.sh installs it); they are
+never skipped. On a failure the page's screenshot and the server log's tail are attached to the report.
 """
 
 from __future__ import annotations
@@ -91,9 +91,13 @@ def browser(chromium: str) -> Iterator[Any]:
         instance.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def context(browser: Any) -> Iterator[Any]:
-    """A fresh browser context (cookies, storage: a new Streamlit session) at 1400×900."""
+    """A browser context at 1400×900 that the tests of one file share (closed after the file), each in a tab of its
+    own (`page`). A tab's page load is a new Streamlit session (its own connection and sessionStorage); what the tabs
+    share is the HTTP cache and the compiled front-end code (measured: half the browser CPU of a fresh context per
+    test), and cookies / localStorage, which neither the app nor these tests use. A test that needs a browser of its
+    own (a second visitor, every request the page makes) makes a context with `new_context`."""
     ctx = new_context(browser)
     ctx.set_default_timeout(60_000)
     yield ctx
@@ -102,15 +106,20 @@ def context(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def page(context: Any, server: StreamlitServer, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A page in the fresh context; on failure its screenshot and the server log go into the report."""
+    """A new tab in the file's context, closed after the test (with any tab it opened); on failure its screenshot
+    and the server log go into the report."""
     tab = context.new_page()
     yield tab
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        shot = tmp_path / "failure.png"
-        try:
-            tab.screenshot(path=str(shot), full_page=True)
-            request.node.add_report_section("call", "screenshot", str(shot))
-        except Exception as err:  # the page may be gone; the log still helps
-            request.node.add_report_section("call", "screenshot", f"(none: {err})")
-        request.node.add_report_section("call", "streamlit log", server.log_tail(80))
+    try:
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            shot = tmp_path / "failure.png"
+            try:
+                tab.screenshot(path=str(shot), full_page=True)
+                request.node.add_report_section("call", "screenshot", str(shot))
+            except Exception as err:  # the page may be gone; the log still helps
+                request.node.add_report_section("call", "screenshot", f"(none: {err})")
+            request.node.add_report_section("call", "streamlit log", server.log_tail(80))
+    finally:
+        for other in list(context.pages):  # this test's tab and any it opened (a link's new tab)
+            other.close()

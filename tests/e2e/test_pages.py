@@ -80,12 +80,20 @@ def test_first_session_on_a_fresh_server_may_deep_link(browser):
             ctx.close()
 
 
-def test_favicon_and_every_request_stay_on_the_server(page, base_url):
-    """Offline-safe: the favicon is an inline emoji and the home page fetches nothing from another host."""
-    requests: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    visit(page, page_url(base_url, "/"))
-    href = page.locator("link[rel='shortcut icon']").get_attribute("href") or ""
-    assert href.startswith("data:image/svg+xml"), f"the favicon is fetched from {href[:80]!r}"
-    outside = [url for url in requests if not url.startswith((base_url, "data:", "blob:"))]
-    assert not outside, f"the page fetched from other hosts: {outside[:5]}"
+def test_favicon_and_every_request_stay_on_the_server(browser, base_url):
+    """Offline-safe: the favicon is an inline emoji and the home page fetches nothing from another host. (A context
+    of its own: in the file's shared one, resources cached by earlier tests would not be requested again.)"""
+    from scripts.screenshots import new_context
+
+    ctx = new_context(browser)
+    try:
+        page = ctx.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        visit(page, page_url(base_url, "/"))
+        href = page.locator("link[rel='shortcut icon']").get_attribute("href") or ""
+        assert href.startswith("data:image/svg+xml"), f"the favicon is fetched from {href[:80]!r}"
+        outside = [url for url in requests if not url.startswith((base_url, "data:", "blob:"))]
+        assert not outside, f"the page fetched from other hosts: {outside[:5]}"
+    finally:
+        ctx.close()
