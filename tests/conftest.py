@@ -22,20 +22,20 @@ torch.set_num_threads(1)
 
 SLOW_FILES_FIRST = (
     "tests/e2e/test_responsive.py",
-    "tests/test_hardening_sweep.py",
     "tests/e2e/test_pages.py",
-    "tests/e2e/test_hostile_urls.py",
-    "tests/e2e/test_hardening.py",
     "tests/e2e/test_explorer.py",
-    "tests/e2e/test_url_roundtrip.py",
-    "tests/test_adjoint.py",
-    "tests/test_app_flow.py",
+    "tests/test_hardening_sweep.py",
+    "tests/e2e/test_hardening.py",
     "tests/test_cli.py",
+    "tests/e2e/test_hostile_urls.py",
+    "tests/e2e/test_url_roundtrip.py",
     "tests/e2e/test_graph.py",
-    "tests/e2e/test_contrast.py",
-    "tests/e2e/test_screenshots.py",
-    "tests/test_hardening_threads.py",
     "tests/e2e/test_pitfalls.py",
+    "tests/e2e/test_screenshots.py",
+    "tests/test_app_flow.py",
+    "tests/test_hardening_urls.py",
+    "tests/e2e/test_flow.py",
+    "tests/e2e/test_contrast.py",
 )
 """Test files that take longest (measured on 2 cores), run first. pytest-xdist's --dist loadfile hands each worker a
 whole file at a time, by default ordered by the number of tests in it, so a file with one long test (the eight
