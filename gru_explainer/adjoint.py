@@ -378,7 +378,9 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             torch.addmm(direct_term, gates_flat, w_hh, out=row[s])
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:  # (dL/dgi, dL/dgh) [T, B, 3H]
-            d_gh = v.unsqueeze(2) * coef_hh
+            d_gh = v.new_empty(seq_len, batch, 3, hidden)
+            for block in range(3):  # (plain products: a broadcast over the block axis runs ~1.5x slower)
+                torch.mul(v, coef_hh[:, :, block], out=d_gh[:, :, block])
             d_gi = d_gh.clone()
             torch.mul(v, a_n, out=d_gi[:, :, 2])
             return d_gi.view(seq_len, batch, 3 * hidden), d_gh.view(seq_len, batch, 3 * hidden)
@@ -514,10 +516,14 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
     if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
         input_m = inputs.new_empty(seq_len, batch, w_ih.shape[1])
         v = hidden_grad.mantissa
-        for sl in _time_chunks(seq_len, 3 * batch * hidden):
-            d_gi = v[sl].unsqueeze(2) * coef_hh[sl]
+        chunks = _time_chunks(seq_len, 3 * batch * hidden)
+        scratch = v.new_empty(chunks[0].stop - chunks[0].start, batch, 3, hidden)  # dL/dgi of one chunk
+        for sl in chunks:
+            d_gi = scratch[:sl.stop - sl.start]
+            for block in range(2):  # (plain products: a broadcast over the block axis runs ~1.5x slower)
+                torch.mul(v[sl], coef_hh[sl, :, block], out=d_gi[:, :, block])
             torch.mul(v[sl], a_n[sl], out=d_gi[:, :, 2])
-            _mm(d_gi.reshape(-1, 3 * hidden), w_ih, out=input_m[sl].view(-1, w_ih.shape[1]))
+            _mm(d_gi.view(-1, 3 * hidden), w_ih, out=input_m[sl].view(-1, w_ih.shape[1]))
         input_grad = Scaled(input_m, exponent)
     elif kind == "lstm":
         d_gates = _lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef)
