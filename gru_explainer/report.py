@@ -6,6 +6,7 @@ L layers, D directions (2 if bidirectional).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -281,21 +282,20 @@ def build_frame(report: GradientReport, quantities: tuple[str, ...] = QUANTITIES
     return tidy_frame(frame_columns(report, quantities))
 
 
+@functools.cache
 def _arrow_str_dtype() -> pd.api.extensions.ExtensionDtype | None:
     """pandas' default string dtype when pyarrow backs it (pandas 3 with pyarrow installed, as Streamlit requires),
-    else None."""
+    else None (looked up on first use, not at import)."""
     dtype = pd.DataFrame({"s": np.array(["s"], dtype=object)})["s"].dtype
     return dtype if getattr(dtype, "storage", None) == "pyarrow" else None
-
-
-_STR_DTYPE = _arrow_str_dtype()
 
 
 def tidy_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     """pd.DataFrame(columns), the same table, built faster: object columns holding only str become pandas' default
     string arrays straight from pyarrow (pandas' own conversion checks element by element: ~0.1 ms a column, most of
     a small frame's cost; other object columns are left to pandas), and the fresh arrays are not copied again."""
-    if _STR_DTYPE is None:
+    str_dtype = _arrow_str_dtype()
+    if str_dtype is None:
         return pd.DataFrame(columns)
     import pyarrow as pa
     from pandas.arrays import ArrowStringArray
@@ -308,7 +308,7 @@ def tidy_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
             except (pa.ArrowException, TypeError):  # not all str: pandas' own inference, as before
                 strings = None
             if strings is not None and not strings.null_count:
-                values = ArrowStringArray(strings, dtype=_STR_DTYPE)
+                values = ArrowStringArray(strings, dtype=str_dtype)
         converted[name] = values
     return pd.DataFrame(converted, copy=False)
 

@@ -41,7 +41,9 @@ SLOW_FILES_FIRST = (
 whole file at a time, by default ordered by the number of tests in it, so a file with one long test (the eight
 browser sessions, the hostile URLs on every page) came last and ran alone on one core while the other had finished.
 Longest first (the rest in collection order) lets the short files fill the gaps at the end. A stale entry only
-changes the order, never what runs."""
+changes the order, never what runs. This order was measured after the e2e speed-ups (test_responsive 137 s, then the
+pages, the explorer, the hardening sweep); the commit that put it here (62f1a3d) is titled a revert but holds the
+re-sorted list. Two clean-clone runs with it took 419 and 436 s of pytest time, one run of the older order 427 s."""
 
 
 def pytest_configure(config: pytest.Config) -> None:

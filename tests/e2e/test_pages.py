@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from scripts.screenshots import ROOT, StreamlitServer, app_pages, open_page
+from scripts.screenshots import ROOT, StreamlitServer, app_pages, new_context, open_page
 
 from .conftest import server_env
 from .helpers import page_url, visit
@@ -83,8 +83,6 @@ def test_first_session_on_a_fresh_server_may_deep_link(browser):
 def test_favicon_and_every_request_stay_on_the_server(browser, base_url):
     """Offline-safe: the favicon is an inline emoji and the home page fetches nothing from another host. (A context
     of its own: in the file's shared one, resources cached by earlier tests would not be requested again.)"""
-    from scripts.screenshots import new_context
-
     ctx = new_context(browser)
     try:
         page = ctx.new_page()
