@@ -277,6 +277,21 @@ def _time_chunks(seq_len: int, row_elements: int) -> list[slice]:
     return [slice(t, min(t + size, seq_len)) for t in range(0, seq_len, size)]
 
 
+FAST_TANH_DTYPES = (torch.float32, torch.float64)
+"""Dtypes `tanh_` computes through expm1 on CPU (elsewhere it is torch.tanh)."""
+
+
+def tanh_(pre: Tensor) -> Tensor:
+    """tanh in place. On CPU (float32/64) as expm1(2x) / (expm1(2x) + 2): within 3 ulp of the exact value (torch.tanh:
+    1 ulp) and 2-5x faster than torch's CPU tanh (measured at the pass's shapes, one and two threads), which
+    recomputing the gates spends a tenth of the pass on. Same special values: ±0, ±1 at ±inf, NaN."""
+    if pre.device.type != "cpu" or pre.dtype not in FAST_TANH_DTYPES:
+        return pre.tanh_()
+    e = torch.mul(pre, 2).clamp_(max=40.0)  # tanh(20) rounds to 1 in both dtypes; expm1(40) is finite in both
+    torch.expm1(e, out=e)
+    return torch.div(e, e + 2, out=pre)
+
+
 def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
     """The GRU's local derivatives at every step, from its inputs [T, B, I] and previous states [T, B, H].
 
@@ -298,7 +313,7 @@ def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None,
         rz = gi[:, :, :2].add_(gh[:, :, :2]).sigmoid_()
         r, z = rz[:, :, 0], c[:, :, 3].copy_(rz[:, :, 1])  # reset gate; update gate
         gh_n = gh[:, :, 2]
-        n = gi[:, :, 2].addcmul_(r, gh_n).tanh_()  # candidate
+        n = tanh_(gi[:, :, 2].addcmul_(r, gh_n))  # candidate
         dn = torch.addcmul(one, n, n, value=-1)  # 1 - n²
         a_n = torch.addcmul(dn, z, dn, value=-1, out=a_all[sl])  # (1 - z)(1 - n²) = ∂h/∂(n pre-activation)
         c_n = torch.mul(a_n, r, out=c[:, :, 2])  # ∂h/∂(W_hn h + b_hn)
@@ -395,7 +410,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         gates[:, :, :2].sigmoid_()
         gates[:, :, 3].sigmoid_()
         i, f, g, o = gates.unbind(2)
-        g.tanh_()
+        tanh_(g)
         # The fused module returns h_t only; recompute c_t = f*c_{t-1} + i*g (elementwise, cheap).
         ig = i * g
         cell = torch.empty_like(ig)
@@ -407,7 +422,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
                 c = torch.where(valid[s].unsqueeze(-1), torch.addcmul(ig_s[s], f_s[s], c), c, out=cell_s[s])
             else:
                 c = torch.addcmul(ig_s[s], f_s[s], c, out=cell_s[s])
-        tc = torch.tanh(cell)
+        tc = tanh_(cell.clone())
         one = tc.new_ones(())
         h_to_c = o * torch.addcmul(one, tc, tc, value=-1)  # ∂h_t/∂c_t = o (1 - tanh²c_t)
         coef = states.new_empty(seq_len, batch, 4, hidden)  # ∂c_t/∂(i, f, g pre-act.), ∂h_t/∂(o pre-act.)

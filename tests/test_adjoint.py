@@ -278,6 +278,33 @@ def test_mm_equals_a_plain_matmul_in_either_orientation(shape) -> None:
     assert torch.isnan(wide[:, cols:]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_matches_exact_tanh_within_a_few_ulp_and_keeps_special_values(dtype) -> None:
+    """`tanh_` (expm1 form on CPU): within 4 ulp of the exact tanh (torch.tanh in float64 for float32 inputs,
+    math.tanh for float64 ones) over the whole range, tiny and huge arguments included, in place into a strided view;
+    ±0, ±1 at ±inf and NaN as torch.tanh gives them."""
+    from gru_explainer.adjoint import tanh_
+
+    eps = torch.finfo(dtype).eps
+    tiny = torch.logspace(-40 if dtype == torch.float32 else -300, 0, 2001, dtype=torch.float64)
+    grid = torch.cat([torch.linspace(-30, 30, 60001, dtype=torch.float64), tiny, -tiny, torch.tensor([1e30, -1e30])])
+    values = grid.to(dtype)
+    exact = torch.tanh(values.double()) if dtype == torch.float32 else torch.tensor(
+        [math.tanh(v) for v in values.tolist()], dtype=torch.float64)
+    buffer = torch.full((values.numel(), 3), math.nan, dtype=dtype)
+    view = buffer[:, 1]  # a strided view: written in place, the neighbours untouched
+    view.copy_(values)
+    assert tanh_(view) is view
+    nonzero = exact != 0
+    rel = (view.double() - exact).abs()[nonzero] / exact.abs()[nonzero]
+    assert float(rel.max()) <= 4 * eps
+    assert torch.isnan(buffer[:, 0]).all() and torch.isnan(buffer[:, 2]).all()
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype)
+    got, want = tanh_(special.clone()), torch.tanh(special)
+    assert torch.equal(torch.signbit(got[:4]), torch.signbit(want[:4])) and torch.equal(got[:4], want[:4])
+    assert torch.isnan(got[4])
+
+
 def test_log10_sum_is_stable_and_propagates_zeros_infs_and_nans() -> None:
     from gru_explainer.adjoint import log10_sum
 
