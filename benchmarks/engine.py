@@ -1,7 +1,7 @@
 """Engine benchmark: explain() and its hidden-state pass against a bare fused forward+backward, in ONE process.
 
-Run: ``python -m benchmarks.engine`` (add ``--quick`` for fewer repeats). Prints medians and ratios against the
-baseline measured in the same process (machines are noisy; compare ratios, not absolute times):
+Run: ``python -m benchmarks.engine`` (``--quick`` for fewer repeats, ``--repeats N`` for more). Prints medians and
+ratios against the baseline measured in the same process (machines are noisy; compare ratios, not absolute times):
 
 - baseline: the same nn.GRU, ``y, h = gru(x); y[:, -1].sum().backward()`` (parameters require grad);
 - explain(): the whole public call and its frame (build, fused forward, direct derivatives, adjoint pass, masks;
@@ -140,8 +140,12 @@ def run(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 9")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds to take the median of (default 9): more give steadier medians on a noisy machine")
     args = parser.parse_args()
-    run(3 if args.quick else 9)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"argument --repeats: must be at least 1, got {args.repeats}")
+    run(args.repeats or (3 if args.quick else 9))
 
 
 if __name__ == "__main__":
