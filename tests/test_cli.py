@@ -347,7 +347,7 @@ def _watched_verdict(module, x, target: str) -> tuple[str, float]:
         named = {"y": y, "h_n": finals[0], "c_n": finals[1]} if isinstance(twin, nn.LSTM) else {"y": y, "h_n": finals}
         loss = parse_target(target).evaluate(named)
         loss.backward()
-    return rec.calls[0].verdict(), float(loss)
+    return rec.calls[0].verdict(), float(loss.detach())
 
 
 def test_state_dict_export_writes_the_watched_call(tmp_path, capsys):
