@@ -557,7 +557,8 @@ class AdjointResult:
 
     Batch-first, original time order. `*_grad` are in the module's dtype (rounded once; below the dtype's range
     they are 0 or denormal, above it inf, and once a step is non-finite every step processed after it is too, as
-    in autograd). `*_magnitude` hold the same values rescaled (exact where the dtype is not), and
+    in autograd). `*_magnitude` hold the same values rescaled (exact where the dtype is not; NaN rows where they are
+    computed through inf/NaN forward states, which give them no true value), and
     `direct_log10_norm[quantity]` [L, D, T] is log10 of the norm of what is read from h_t (c_t) directly: from y,
     h_n / c_n or the layer above, before the recurrence adds what later steps carry back.
     """
@@ -616,6 +617,31 @@ def _nonfinite_rows(*values: Tensor | None) -> Tensor:
             rows = ~torch.isfinite(v).all(dim=-1)
         bad = rows if bad is None else bad | rows
     return bad
+
+
+def _through_bad_states(bad: Tensor, live: Tensor, above: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Where one layer and direction's gradients are computed through inf/NaN forward states, in processing order:
+    there the true value is undefined, though autograd's rules still give numbers (a ReLU passes a gradient
+    through a NaN or inf state as if it were active).
+
+    bad [T, B]: the state of that step is inf/NaN; live [T, B]: the carried gradient of that step is non-zero (or
+    NaN); above [T, B] or None: what is read at that step directly is undefined already (from the layer above).
+    Step s's Jacobian, which carries the gradient of step s back to step s-1, uses the states of steps s and s-1;
+    a zero gradient passes a bad step unchanged. Returns [T, B] bool each: the states' gradients, and the layer
+    input's gradients (which also use the step's own Jacobian)."""
+    entered = torch.zeros_like(bad)
+    entered[:-1] = live[1:] & (bad[1:] | bad[:-1])
+    if above is not None:
+        entered |= above
+    undefined = entered.flip(0).cumsum(dim=0).flip(0) > 0  # undefined at s once it entered at s or later
+    prev_bad = torch.cat([torch.zeros_like(bad[:1]), bad[:-1]])
+    return undefined, undefined | (live & (bad | prev_bad))
+
+
+def _mark_undefined(mantissa: Tensor, undefined: Tensor) -> None:
+    """NaN into the non-zero rows of `mantissa` [..., K] where `undefined` [...] (exact zeros stay zero)."""
+    if bool(undefined.any()):
+        mantissa[undefined & (row_max_abs(mantissa) != 0)] = math.nan
 
 
 def module_params(module: torch.nn.RNNBase, layer: int, direction: int) -> tuple[Tensor | None, ...]:
@@ -684,10 +710,16 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
         param_grads: list = [None] * (layers * num_dirs)
         h0_grad = x.new_zeros(layers * num_dirs, batch, hidden) if initial is not None else None
         c0_grad = x.new_zeros(layers * num_dirs, batch, hidden) if initial is not None and lstm else None
+        # Gradients computed through inf/NaN forward states have no true value: [L, D, B, T] (None: every state is
+        # finite, the usual case); read_undefined [T, B]: what the layer above hands down is undefined there.
+        undefined = None if _all_finite(*layer_outputs) else torch.zeros(shape, dtype=torch.bool, device=x.device)
+        read_undefined: Tensor | None = None
+        read_undefined_steps = {}
         for layer in range(layers - 1, -1, -1):
             layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
             below: Scaled | None = None
             below_bad = None
+            below_undefined: Tensor | None = None
             for d in range(num_dirs):
                 order, index = _order(d), layer * num_dirs + d
                 cols = slice(d * hidden, (d + 1) * hidden)
@@ -732,6 +764,16 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                         values[poisoned] = math.nan
                         if cell_values is not None:
                             cell_values[poisoned] = math.nan
+                if undefined is not None:
+                    live = row_max_abs(result.hidden_grad.mantissa) != 0
+                    if lstm:
+                        live |= row_max_abs(result.cell_grad.mantissa) != 0
+                    through, input_through = _through_bad_states(
+                        ~torch.isfinite(states).all(dim=-1), live,
+                        None if read_undefined is None else order(read_undefined))
+                    undefined[layer, d] = order(through).T
+                    below_undefined = order(input_through) if below_undefined is None else (
+                        below_undefined | order(input_through))
                 h_m[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.mantissa))
                 h_e[layer, d].transpose(0, 1).copy_(order(result.hidden_grad.exponent))
                 if d == 1:
@@ -758,11 +800,23 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     below_bad = order(seen) if below_bad is None else below_bad | order(seen)
             input_values = below.value()
             direct, direct_bad = below, below_bad
+            if read_undefined is not None:
+                read_undefined_steps[layer] = read_undefined.any(dim=1)
+            read_undefined = below_undefined
             if not _all_finite(input_values):
                 input_bad = _nonfinite_rows(input_values)
                 direct_bad = input_bad if direct_bad is None else direct_bad | input_bad
         if direct_bad is not None and bool(direct_bad.any()):
             input_values[direct_bad] = math.nan
+        input_m = direct.mantissa.transpose(0, 1).contiguous()
+        if undefined is not None:  # the values stay autograd's; the true magnitudes are undefined there
+            _mark_undefined(h_m, undefined)
+            if c_m is not None:
+                _mark_undefined(c_m, undefined)
+            _mark_undefined(input_m, read_undefined.T)
+            for layer, steps_undefined in read_undefined_steps.items():  # what a lower layer reads from above
+                block = direct_norm["hidden_state"][layer]  # [D, T]
+                block[steps_undefined.cpu().unsqueeze(0) & (block != -math.inf)] = math.nan
 
     return AdjointResult(
         hidden_grad=h_v,
@@ -770,7 +824,7 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
         input_grad=input_values.transpose(0, 1).contiguous(),
         hidden_magnitude=Scaled(h_m, h_e),
         cell_magnitude=Scaled(c_m, h_e) if lstm else None,
-        input_magnitude=Scaled(direct.mantissa.transpose(0, 1).contiguous(), direct.exponent.T.contiguous()),
+        input_magnitude=Scaled(input_m, direct.exponent.T.contiguous()),
         direct_log10_norm=direct_norm,
         initial_hidden_grad=h0_grad,
         initial_cell_grad=c0_grad,

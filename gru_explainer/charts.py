@@ -58,7 +58,7 @@ STATUS = {
     "zero_on_path": "exactly 0 on a path (dead unit, zero factor, cancellation)",
     "underflow": "0 in {dtype} (underflow): drawn at its true size",
     "overflow": "inf/NaN in {dtype}: drawn at its true size",
-    "nonfinite": "inf/NaN, no finite true value",
+    "nonfinite": "no finite true value (inf/NaN, or computed through inf/NaN states)",
 }
 """Marker legend per row status; {dtype} is filled in with the run's dtype."""
 STATUS_SHAPES = {"structural": "square", "zero_on_path": "cross", "underflow": "triangle-down",
@@ -275,6 +275,7 @@ def _row_status(rows: pd.DataFrame, log10: np.ndarray) -> np.ndarray:
     status[nonfinite] = "overflow"
     # No finite true magnitude: exact zeros go to the zero band, undefined / infinite ones to the top band.
     status[(status == "underflow") & (log10 == -math.inf)] = "zero_on_path"
+    status[(status == "underflow") & np.isnan(log10)] = "nonfinite"  # through inf/NaN states: no true size
     status[(status == "overflow") & ~np.isfinite(log10)] = "nonfinite"
     status[(status == "value") & ~np.isfinite(log10) & (log10 != -math.inf)] = "nonfinite"
     status[(status == "value") & (log10 == -math.inf)] = "zero_on_path"
@@ -717,9 +718,8 @@ def input_grad_chart(frame: pd.DataFrame) -> VegaLiteChart:
 
 
 def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -> tuple[pd.DataFrame, int]:
-    """Heatmap cells (quantity, series, t, unit, value, log10_magnitude, value_text, nonfinite (no true size either),
-    value_nonfinite (inf/NaN in the dtype), zero), binned over
-    time to at most `max_cells`.
+    """Heatmap cells (quantity, series, t, unit, value, log10_magnitude, value_text, nonfinite (no true size),
+    value_nonfinite (inf/NaN in the dtype), zero), binned over time to at most `max_cells`.
 
     Returns the rows and the bin width in steps (1 = no binning); a bin shows its value of largest magnitude.
     log10_magnitude is the true log10 |value| (the core's column; else from the value): None where 0 or inf/NaN.
@@ -748,7 +748,8 @@ def heatmap_rows(unit_frame: pd.DataFrame, max_cells: int = MAX_HEATMAP_CELLS) -
         "log10_magnitude": [m if math.isfinite(m) else None for m in magnitude],
         "value_text": [_fmt(v) for v in values],
         "magnitude_text": [_fmt_log10(m) for m in magnitude],
-        "nonfinite": ~np.isfinite(values.to_numpy()) & ~np.isfinite(magnitude.to_numpy()),
+        # no true size: inf/NaN with none, or computed through inf/NaN forward states (finite in the dtype)
+        "nonfinite": ~np.isfinite(magnitude.to_numpy()) & (magnitude.to_numpy() != -math.inf),
         "value_nonfinite": ~np.isfinite(values.to_numpy()),  # inf/NaN in the dtype (a true size may still exist)
         "zero": (magnitude == -math.inf).to_numpy(),
     }), stride

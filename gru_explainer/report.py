@@ -31,7 +31,8 @@ FRAME_COLUMNS = ("quantity", "layer", "direction", "t", "norm", "max_abs", "log1
 """Columns of `GradientReport.frame`, one row per (quantity, layer, direction, t):
 norm, max_abs: L2 norm and largest |value| over batch × units, of the values in the dtype (what autograd gives);
 log10_norm, log10_max_abs: log10 of the TRUE norm / largest |value| (finite below or above the dtype's range,
--inf for exact zeros, NaN where the value is undefined); direct_log10_norm: log10 of the norm of what is read at
+-inf for exact zeros, NaN where the value is undefined: no true size, or computed through inf/NaN forward states,
+where autograd's rules still give the number in `norm`); direct_log10_norm: log10 of the norm of what is read at
 this step directly (from y, h_n / c_n or the layer above; -inf where nothing is: for the stacked output it equals
 log10_norm, for the input it is -inf); exactly_zero: every value is 0 in the dtype; structurally_zero: no graph
 path to the target; zero_cause: see ZERO_CAUSES; underflow: zero_cause == "underflow"; nonfinite: some value is
@@ -91,7 +92,8 @@ class GradientReport:
     def log10_magnitude(self, quantity: str) -> Tensor:
         """log10 |true gradient| per element (float64), shaped like that quantity's tensor; -inf for exact zeros.
 
-        Finite also where the dtype underflowed to 0 or overflowed to inf (the engine keeps a rescaled copy).
+        Finite also where the dtype underflowed to 0 or overflowed to inf (the engine keeps a rescaled copy); NaN
+        where no true value exists (computed through forward states that overflowed to inf/NaN).
         """
         if quantity == "stacked_output":
             return torch.log10(self.stacked_grad.double().abs())
@@ -197,8 +199,15 @@ def _group_reductions(grad: Tensor, reached: Tensor, mantissa: Tensor, exponent:
         forward_nonfinite = np.zeros((blocks, steps), dtype=bool)
     else:
         forward_nonfinite = (~torch.isfinite(forward).all(dim=3).all(dim=1)).numpy()
-    grad_max = row_max_abs(grad).double().numpy()  # NaN/inf iff non-finite there
-    unit_norm = torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64).numpy()
+    grad_max_t = row_max_abs(grad)
+    grad_max = grad_max_t.double().numpy()  # NaN/inf iff non-finite there
+    unit_norm_t = torch.linalg.vector_norm(grad, dim=3, dtype=torch.float64)
+    if grad.dtype == torch.float64 and bool(torch.isinf(unit_norm_t).any()):  # squares past float64's range?
+        over = torch.isinf(unit_norm_t) & torch.isfinite(grad_max_t)  # finite values: rescale by the row's max
+        if bool(over.any()):
+            scale = grad_max_t[over].unsqueeze(-1)
+            unit_norm_t[over] = scale[:, 0] * torch.linalg.vector_norm(grad[over] / scale, dim=-1)
+    unit_norm = unit_norm_t.numpy()
     # norms accumulate in float64 (a float32 sum of squares is off in the 8th digit: log10 of a norm of exactly 8)
     if mantissa is grad:  # the values are their own true magnitudes (exponent 0): the same reductions
         mantissa_norm, mantissa_max = unit_norm, grad_max
@@ -240,8 +249,13 @@ def _step_stats(reduced: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     zero = exactly_zero & true_zero
     cause = np.where(structural, "structural", np.where(zero, "zero_on_path",
                                                         np.where(underflow, "underflow", ""))).astype(object)
+    with np.errstate(over="ignore"):
+        norm = np.sqrt(np.sum(unit_norm * unit_norm, axis=1))  # the norm over units, then over the batch
+    overflowed = np.isinf(norm) & np.isfinite(unit_norm).all(axis=1)  # float64 rows whose squares overflow
+    if overflowed.any():
+        norm[overflowed] = np.hypot.reduce(unit_norm.transpose(0, 2, 1)[overflowed], axis=1)
     return {
-        "norm": np.sqrt(np.sum(unit_norm * unit_norm, axis=1)),  # the norm over units, then over the batch
+        "norm": norm,
         "max_abs": max_abs,
         "log10_norm": log10_norm,
         "log10_max_abs": log10_max_abs,

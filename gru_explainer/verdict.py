@@ -229,14 +229,22 @@ def _nonfinite_facts(report: GradientReport) -> list[Fact]:
         rows = frame[(frame.quantity == quantity) & frame.nonfinite]
         if rows.empty:
             continue
-        true = rows.log10_norm.to_numpy(dtype=float)
-        beyond = np.isfinite(true) & (true > largest)
-        cause = ("nonfinite_target" if target_bad else "exploding" if beyond.any() or forward.empty
-                 else "forward_overflow")
-        out.append(Fact("nonfinite", quantity=quantity, steps=tuple(sorted(set(int(t) for t in rows.t))), cause=cause,
-                        numbers=dict(rows=len(rows), max_log10_norm=float(np.nanmax(true)) if np.isfinite(true).any()
-                                     else math.nan, log10_largest=largest, dtype=cfg.dtype,
-                                     weight_scale=cfg.weight_scale)))
+        parts = [(rows, None)]
+        if not target_bad and not forward.empty:  # rows computed through the inf/NaN states have no true size
+            undefined = np.isnan(rows.log10_norm.to_numpy(dtype=float))
+            parts = [(rows[~undefined], None), (rows[undefined], "forward_overflow")]
+        for part, known in parts:
+            if part.empty:
+                continue
+            true = part.log10_norm.to_numpy(dtype=float)
+            beyond = np.isfinite(true) & (true > largest)
+            cause = known or ("nonfinite_target" if target_bad else "exploding" if beyond.any() or forward.empty
+                              else "forward_overflow")
+            out.append(Fact("nonfinite", quantity=quantity, steps=tuple(sorted(set(int(t) for t in part.t))),
+                            cause=cause, numbers=dict(rows=len(part), max_log10_norm=float(np.nanmax(true))
+                                                      if np.isfinite(true).any() else math.nan,
+                                                      log10_largest=largest, dtype=cfg.dtype,
+                                                      weight_scale=cfg.weight_scale)))
     return out
 
 
@@ -312,7 +320,8 @@ def render(items: list[Fact]) -> str:
         lines.append(_render_underflow(fact))
     for fact in by_kind.get("forward_overflow", []):
         lines.append(f"- **The forward pass overflowed** (inf/NaN states) at {format_steps(fact.steps)}: gradients "
-                     "through those states are undefined; the numbers shown are what autograd's rules give there.")
+                     "computed through those states are undefined. The numbers shown are what autograd's rules give "
+                     "there; no true size is claimed for them.")
     for fact in by_kind.get("nonfinite", []):
         lines.append(_render_nonfinite(fact))
     for fact in by_kind.get("inputs", []):

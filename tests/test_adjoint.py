@@ -242,6 +242,45 @@ def test_exploding_runs_have_autograds_nonfinite_pattern(cell, scale, layers, st
         assert len(finite_forward) > 0 and (finite_forward.log10_norm > 38).any()
 
 
+RELU_OVERFLOW = ExplainConfig(cell="rnn_relu", num_layers=1, weight_scale=5.0, seq_len=200)
+"""The issue's exploding ReLU run: its float32 forward overflows from about t = 115 on; float64's never does."""
+
+
+@pytest.mark.parametrize(("cfg", "undefined_rows"), [
+    (RELU_OVERFLOW, True),  # read at t = 199, through the overflowed states: no true size there
+    (RELU_OVERFLOW.replace(target="y[:, 100].sum()"), False),  # read before the overflow: every size is defined
+    (ExplainConfig(cell="rnn_relu", num_layers=3, input_size=2, hidden_size=20, bidirectional=True, seq_len=300,
+                   batch_size=1, target="h_n[3].sum()", seed=296148, weight_scale=4.0), True),  # NaN layers above
+], ids=["read-after-overflow", "read-before-overflow", "three-layers-bidirectional"])
+def test_a_true_magnitude_through_an_overflowed_forward_pass_is_undefined_never_made_up(cfg, undefined_rows) -> None:
+    """Autograd's rules still give numbers through inf/NaN states (a ReLU passes the gradient of a NaN state on as
+    if it were active), and the engine returns them, but their true size is undefined: NaN, not a rescaled number
+    (it claimed norms up to 1e81 and 6e222 here where float64, whose forward stays finite, gives 1e70 and 2e91)."""
+    report, exact = explain(cfg, limits=LOCAL), explain(cfg.replace(dtype="float64"), limits=LOCAL)
+    frame, truth = report.frame, exact.frame
+    assert frame.forward_nonfinite.any() and not truth.forward_nonfinite.any() and not truth.nonfinite.any()
+    defined = np.isfinite(frame.log10_norm.to_numpy(float))
+    both = defined & np.isfinite(truth.log10_norm.to_numpy(float))
+    assert (defined == both).all()  # a size float32 gives is one float64 has
+    assert np.abs(frame.log10_norm[both] - truth.log10_norm[both]).max() < 0.01
+    undefined = np.isnan(frame.log10_norm.to_numpy(float))
+    assert undefined.any() == undefined_rows
+    assert not (frame.exactly_zero & undefined).any()
+    if undefined_rows:
+        assert (undefined & ~frame.nonfinite).any()  # finite in float32 (autograd's number), yet no true size
+        assert (frame.log10_norm[undefined] != truth.log10_norm[undefined]).all()
+        assert np.isnan(report.log10_magnitude("input").numpy()).any()
+        assert "true norm up to" not in report.verdict()
+    else:
+        assert (frame.zero_cause[~both] == "structural").all()
+    expected = _plain_autograd_input_grad(cfg)  # the values themselves stay autograd's, inf/NaN included
+    ours, theirs = torch.isfinite(report.input_grad).all(-1), torch.isfinite(expected).all(-1)  # [B, T]
+    assert (ours != theirs).sum(dim=1).max() <= cfg.num_layers  # (the first overflowing step, as above)
+    both_finite = ours & theirs  # (none in the three-layer run: autograd's x.grad is NaN at every step)
+    diff = (report.input_grad[both_finite].double() - expected[both_finite].double()).norm(dim=-1)
+    assert (diff <= 1e-4 * expected[both_finite].double().norm(dim=-1)).all()
+
+
 # --- The seed answer's GRU as an nn.GRU ----------------------------------------------------------------------------
 
 

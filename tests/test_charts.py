@@ -297,6 +297,22 @@ def test_heatmap_marks_non_finite_and_bins_long_sequences() -> None:
     assert "bins of 2" in json.dumps(s)
 
 
+def test_heatmap_crosses_every_cell_without_a_true_size() -> None:
+    """Log colours use the true size: a value with none is crossed, whether it is inf/NaN in the dtype or a finite
+    number autograd's rules gave through inf/NaN forward states; inf with a true size is coloured, 0 is gray."""
+    report = explain(ExplainConfig(cell="rnn_relu", num_layers=1, weight_scale=5.0, seq_len=200))
+    rows, stride = heatmap_rows(report.unit_frame(0, 0), max_cells=10**6)
+    assert stride == 1
+    hidden = rows[rows.quantity == "hidden_state"]
+    magnitude = report.log10_magnitude("hidden_state")[0, 0, 0].numpy()  # [T, H] of batch item 0
+    undefined = np.isnan(magnitude)
+    assert undefined.any() and np.isfinite(report.hidden_grad[0, 0, 0].numpy()[undefined]).any()
+    expected = undefined | np.isposinf(magnitude)
+    assert hidden.sort_values(["t", "unit"])["nonfinite"].to_numpy().tolist() == expected.flatten().tolist()
+    s = json.dumps(spec(unit_heatmap(report.unit_frame(0, 0), log_magnitude=True)))
+    assert "Crosses mark values with no true size" in s
+
+
 @pytest.mark.slow
 def test_largest_hosted_config_serialises() -> None:
     """At the hosted limits every chart still serialises under Altair's default data transformer."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import warnings
 
 import pytest
 import torch
@@ -254,6 +256,24 @@ def test_forward_overflow_is_marked() -> None:
     stacked = report.frame[report.frame.quantity == "stacked_output"]
     assert stacked.forward_nonfinite.iloc[-1] and not stacked.forward_nonfinite.iloc[0]
     assert "forward pass overflowed" in report.verdict()
+
+
+def test_float64_norms_of_huge_values_are_finite_where_the_values_are() -> None:
+    """A float64 ReLU run whose gradients reach 1e160-1e300: squaring them overflows float64, the norms must not
+    (they were inf, with a RuntimeWarning from numpy)."""
+    cfg = ExplainConfig(cell="rnn_relu", num_layers=1, hidden_size=64, input_size=4, seq_len=500, batch_size=2,
+                        weight_scale=10.0, target="y[:, -1].sum()", dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = explain(cfg)
+        frame = report.frame
+    rows = frame[(frame.quantity == "hidden_state") & (frame.max_abs > 1e160) & (frame.max_abs < 1e300)]
+    assert len(rows) > 10
+    for t, norm in zip(rows.t, rows.norm, strict=True):
+        values = report.hidden_grad[0, 0, :, t].flatten()  # float64, finite
+        top = float(values.abs().max())
+        assert norm == pytest.approx(top * float((values / top).norm()), rel=1e-12)
+        assert math.isfinite(norm)
 
 
 def test_explain_is_deterministic_and_does_not_touch_the_global_rng() -> None:

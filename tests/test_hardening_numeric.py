@@ -60,10 +60,13 @@ def assert_marked_not_clipped(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
     """Chart rows match the report row for row: rows that are inf/NaN in the dtype carry a non-finite status and no
     dtype number (nothing was clipped to a finite value), their text says inf/NaN; those with a finite true value
     are drawn at it (status "overflow"), the others sit in the inf/NaN band above the plot; finite rows keep their
-    norm."""
+    norm, and those of them without a true value (computed through inf/NaN forward states) sit in that band too."""
     assert len(rows) == len(frame)
     bad = frame["nonfinite"].to_numpy()
-    assert list(rows["status"].isin(["overflow", "nonfinite"])) == list(bad)
+    log10 = frame["log10_norm"].to_numpy(float)
+    no_true_value = ~bad & np.isnan(log10)
+    assert list(rows["status"].isin(["overflow", "nonfinite"])) == list(bad | no_true_value)
+    assert (rows["status"][no_true_value] == "nonfinite").all()
     marked = rows[bad]
     assert marked["norm"].isna().all()
     assert marked["norm_text"].isin(["inf", "-inf", "NaN"]).all()
@@ -79,6 +82,10 @@ def assert_marked_not_clipped(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
     assert (undefined["band_row"] == -1).all()  # the band above the plot
     finite = rows[~bad]
     np.testing.assert_allclose(finite["norm"].to_numpy(float), frame["norm"][~bad].to_numpy(float), rtol=1e-6)
+    # Without a true value: in the band above a log axis, or at the dtype's value on a linear one.
+    undefined_finite = rows[no_true_value]
+    at_value = np.isclose(undefined_finite["plot_y"].to_numpy(float), undefined_finite["norm"].to_numpy(float))
+    assert ((undefined_finite["band_row"] == -1).to_numpy() | at_value).all()
 
 
 def test_exploding_gradients_are_marked_everywhere() -> None:

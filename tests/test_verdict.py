@@ -323,6 +323,13 @@ def test_relu_forward_overflow_is_non_finite_never_zero() -> None:
     kinds = {f.kind for f in report.facts()}
     assert {"forward_overflow", "nonfinite"} <= kinds
     assert "non-zero at no step" not in report.verdict()
+    # Every inf/NaN gradient here is computed through the overflowed states (the target reads t = T-1): no true size
+    # exists, so none is claimed (float64's forward stays finite: its largest ‖dL/dh_t‖ is 1e70, not the 1e81 the
+    # rescaled numbers through inf states gave).
+    nonfinite = [f for f in report.facts() if f.kind == "nonfinite"]
+    assert {f.cause for f in nonfinite} == {"forward_overflow"}
+    assert all(math.isnan(f.numbers["max_log10_norm"]) for f in nonfinite)
+    assert "true norm up to" not in report.verdict() and "no true size is claimed" in report.verdict()
 
 
 def test_format_steps() -> None:
