@@ -181,7 +181,7 @@ def _zero_on_path_facts(report: GradientReport, rows, constant: bool) -> list[Fa
         # A run of zero steps ends (in the backward pass) where a step's local derivative is exactly zero, or the
         # run starts at a read whose derivative is exactly zero (a zero factor).
         d = 0 if direction == "forward" else 1
-        nonzero = set(_steps(group, group.log10_norm > -math.inf))
+        nonzero = set(_steps(group, group.log10_norm != -math.inf))  # (NaN: no true size, but not a zero)
         blocked, factor = [], []
         for first, last in _runs(steps):
             block = last + 1 if d == 0 else first - 1
