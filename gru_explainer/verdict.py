@@ -104,7 +104,7 @@ def facts(report: GradientReport) -> list[Fact]:
     result.append(_input_fact(report))
     if "out" in report.grads:
         result.append(_head_fact(report))
-    if (frame[frame.quantity == "hidden_state"].log10_norm > -math.inf).any():
+    if (frame[frame.quantity == "hidden_state"].log10_norm != -math.inf).any():
         result.append(Fact("recurrence", cause="graph_nodes" if cfg.cell == "answer_gru" else "fused",
                            numbers=dict(num_layers=cfg.num_layers)))
     causes = frame.zero_cause.value_counts()
@@ -138,7 +138,8 @@ def _state_facts(report: GradientReport, quantity: str, layer: int, direction: s
     read_c = report.cell_read[layer, d].any(dim=(0, 2)) if report.cell_read is not None else torch.zeros_like(read_h)
     read_any = [int(t) for t in torch.nonzero(read_h | read_c).flatten()]
     where = dict(quantity=quantity, layer=layer, direction=direction)
-    out = [Fact("carried", steps=_steps(rows, rows.log10_norm > -math.inf), numbers=dict(read_steps=tuple(read_any)),
+    # (Carried: not exactly zero. A row without a true size, NaN, is still no zero: it is inf/NaN or a number.)
+    out = [Fact("carried", steps=_steps(rows, rows.log10_norm != -math.inf), numbers=dict(read_steps=tuple(read_any)),
                 **where)]
     structural = _steps(rows, rows.structurally_zero)
     if structural:

@@ -332,6 +332,19 @@ def test_relu_forward_overflow_is_non_finite_never_zero() -> None:
     assert "true norm up to" not in report.verdict() and "no true size is claimed" in report.verdict()
 
 
+def test_states_without_a_true_size_are_carried_not_zero() -> None:
+    """Two ReLU layers whose forward overflows: every gradient of layer 0 passes through inf/NaN states (no true
+    size: NaN), yet none is zero; the verdict must not say "non-zero at no step" of it."""
+    cfg = ExplainConfig(cell="rnn_relu", num_layers=2, weight_scale=5.0, seq_len=200)
+    report = explain(cfg)
+    rows = report.frame.query("quantity == 'hidden_state' and layer == 0")
+    assert rows.log10_norm.isna().all() and not rows.exactly_zero.any()
+    (carried,) = [f for f in report.facts() if f.kind == "carried" and f.layer == 0]
+    assert carried.steps == tuple(range(cfg.seq_len))
+    assert "**h_t, layer 0 forward**: the total derivative dL/dh_t is non-zero at t = 0–199" in report.verdict()
+    assert "non-zero at no step" not in report.verdict()
+
+
 def test_format_steps() -> None:
     assert format_steps([0, 1, 2, 5, 7, 8]) == "t = 0–2, 5, 7–8"
     assert format_steps([]) == "no step"
