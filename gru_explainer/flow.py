@@ -36,8 +36,8 @@ PROFILE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "qua
                    "norm", "log10_norm", "relative", "exactly_zero", "zero_cause", "underflow", "nonfinite")
 """Columns of `decay_profile` (and of `sweep`)."""
 RATE_COLUMNS = ("cell", "seq_len", "weight_scale", "layer", "direction", "quantity", "rate", "log10_rate",
-                "log10_intercept", "points", "zero_steps", "nonfinite_steps", "anchor_norm", "anchor_t", "peak_t",
-                "peak_log10_norm", "ahead_steps")
+                "log10_intercept", "points", "zero_steps", "nonfinite_steps", "undefined_steps", "anchor_norm",
+                "anchor_t", "peak_t", "peak_log10_norm", "ahead_steps")
 """Columns of `decay_rates`."""
 QUANTITIES = ("hidden_state", "cell_state")
 """The profile's quantities: ‖dL/dh_t‖ for every cell, ‖dL/dc_t‖ for the LSTM."""
@@ -206,6 +206,7 @@ def decay_rates(profile: pd.DataFrame) -> pd.DataFrame:
             "points": int(np.isfinite(log10).sum()),
             "zero_steps": int(back.exactly_zero.sum()),
             "nonfinite_steps": int(back.nonfinite.sum()),
+            "undefined_steps": int(np.isnan(log10).sum()),  # no true size: through inf/NaN forward states
             "anchor_norm": float(anchor.norm.iloc[0]) if not anchor.empty else math.nan,
             "anchor_t": int(anchor.t.iloc[0]) if not anchor.empty else -1,
             "peak_t": peak,
@@ -240,6 +241,10 @@ def describe_rate(row) -> str:
         text = f"From the read step t = {row.anchor_t} back toward {toward}, ‖{symbol}‖ {_change(row.rate)}"
     text += "; it peaks at " + (f"t = {row.peak_t}, the read step" if row.peak_t == row.anchor_t else
                                 f"t = {row.peak_t}, not at the read step")
+    undefined = int(getattr(row, "undefined_steps", 0) or 0)
+    if undefined:
+        text += (f". {undefined} step(s) behind the read step have no true size (their gradient is computed through "
+                 "inf/NaN forward states): they are marked in the band above the plot, not fitted")
     if row.ahead_steps and symbol == SYMBOLS["hidden_state"]:
         text += (f". {row.ahead_steps} step(s) on the other side get their gradient only from the layer above; "
                  "they are drawn (negative distance) but not fitted")
@@ -434,9 +439,11 @@ def describe_jacobians(frame: pd.DataFrame) -> list[str]:
         first, last = rows.iloc[0], rows.iloc[-1]
         bound = float(last.log10_bound - first.log10_bound)
         measured = float(last.log10_state_norm - first.log10_state_norm)
+        change = (f"the measured ‖dL/ds_t‖ changes ×{10 ** measured:.3g}" if not math.isnan(measured) else
+                  "the measured ‖dL/ds_t‖ has no true size at one end (computed through inf/NaN forward states)")
         text = (f"{cell_label(str(cell))}: σ_max is {sigma.min():.3g}–{sigma.max():.3g} over the {len(rows)} steps "
                 f"back from t = {int(first.t)}; their product allows a change of at most ×{10 ** bound:.3g}, "
-                f"the measured ‖dL/ds_t‖ changes ×{10 ** measured:.3g}")
+                f"{change}")
         if math.isfinite(measured) and math.isfinite(bound) and measured < bound - 1:
             text += " — the Jacobians' product shrinks the gradient far more than their norms alone would"
         lines.append(text + ".")

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gru_explainer import ConfigError, ExplainConfig, TargetError, explain
+from gru_explainer.charts import decay_rows
 from gru_explainer.flow import (
     JACOBIAN_COLUMNS,
     PROFILE_COLUMNS,
@@ -349,6 +350,30 @@ def test_describe_jacobians_follows_the_numbers() -> None:
     assert ("far more than their norms" in text) == (
         back.log10_state_norm.iloc[-1] - back.log10_state_norm.iloc[0]
         < back.log10_bound.iloc[-1] - back.log10_bound.iloc[0] - 1)
+
+
+def test_describe_jacobians_says_when_the_measured_norm_has_no_true_size() -> None:
+    """Through an overflowed forward pass (a ReLU run at weight_scale 5: inf states from t ~ 115) ‖dL/ds_t‖ has no true
+    size (NaN): the sentence says so instead of "changes ×nan"."""
+    report = explain(ExplainConfig(cell="rnn_relu", num_layers=1, weight_scale=5.0, seq_len=200))
+    frame = jacobian_profile(report, 0, "forward")
+    assert frame.log10_state_norm.isna().any()
+    (text,) = describe_jacobians(frame)
+    assert "nan" not in text and "has no true size at one end (computed through inf/NaN forward states)" in text
+
+
+def test_a_rate_counts_and_names_the_steps_without_a_true_size() -> None:
+    """The same overflowing ReLU run: behind its read step t = 199 every step's ‖dL/dh_t‖ is undefined (NaN), as the
+    frame says; the rate row counts them and its sentence says they are marked, not fitted."""
+    report = explain(ExplainConfig(cell="rnn_relu", num_layers=1, weight_scale=5.0, seq_len=200))
+    (row,) = decay_rates(decay_profile(report)).itertuples()
+    rows = report.frame.query("quantity == 'hidden_state'")
+    assert row.undefined_steps == int(rows.log10_norm.isna().sum()) == 199 and row.points == 1
+    text = describe_rate(row)
+    assert "199 step(s) behind the read step have no true size" in text and "band above the plot" in text
+    # the chart marks them in that band (status "nonfinite"), none on the value axis
+    chart_rows = decay_rows(decay_profile(report))
+    assert (chart_rows.status[chart_rows.t < 199] == "nonfinite").all()
 
 
 LSTM_CFG = ExplainConfig(cell="lstm", num_layers=2, bidirectional=True, hidden_size=5, input_size=3, seq_len=7,
