@@ -714,7 +714,6 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
         # finite, the usual case); read_undefined [T, B]: what the layer above hands down is undefined there.
         undefined = None if _all_finite(*layer_outputs) else torch.zeros(shape, dtype=torch.bool, device=x.device)
         read_undefined: Tensor | None = None
-        read_undefined_steps = {}
         for layer in range(layers - 1, -1, -1):
             layer_in = (x if layer == 0 else layer_outputs[layer - 1]).transpose(0, 1)
             below: Scaled | None = None
@@ -800,8 +799,9 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     below_bad = order(seen) if below_bad is None else below_bad | order(seen)
             input_values = below.value()
             direct, direct_bad = below, below_bad
-            if read_undefined is not None:
-                read_undefined_steps[layer] = read_undefined.any(dim=1)
+            if read_undefined is not None:  # what this layer read from above is undefined there: so is its norm
+                block = direct_norm["hidden_state"][layer]  # [D, T]
+                block[read_undefined.any(dim=1).cpu().unsqueeze(0) & (block != -math.inf)] = math.nan
             read_undefined = below_undefined
             if not _all_finite(input_values):
                 input_bad = _nonfinite_rows(input_values)
@@ -814,9 +814,6 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
             if c_m is not None:
                 _mark_undefined(c_m, undefined)
             _mark_undefined(input_m, read_undefined.T)
-            for layer, steps_undefined in read_undefined_steps.items():  # what a lower layer reads from above
-                block = direct_norm["hidden_state"][layer]  # [D, T]
-                block[steps_undefined.cpu().unsqueeze(0) & (block != -math.inf)] = math.nan
 
     return AdjointResult(
         hidden_grad=h_v,
