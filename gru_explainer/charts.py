@@ -58,7 +58,8 @@ STATUS = {
     "zero_on_path": "exactly 0 on a path (dead unit, zero factor, cancellation)",
     "underflow": "0 in {dtype} (underflow): drawn at its true size",
     "overflow": "inf/NaN in {dtype}: drawn at its true size",
-    "nonfinite": "no finite true value (inf/NaN, or computed through inf/NaN states)",
+    "nonfinite": "no true value (inf/NaN path)",  # itself inf/NaN, or computed through inf/NaN states (≤ 28
+    # characters: one line on a phone, and it fits its legend column beside the others on a wide one)
 }
 """Marker legend per row status; {dtype} is filled in with the run's dtype."""
 STATUS_SHAPES = {"structural": "square", "zero_on_path": "cross", "underflow": "triangle-down",
@@ -1265,10 +1266,11 @@ def _fluid(spec: dict) -> dict:
 
     out = _spec_copy(spec)
     walk(out, True)
-    # Several top legends go one under the other on a phone-width plot (side by side they would be cut off).
-    out.setdefault("config", {}).setdefault("legend", {})["layout"] = {"expr": (
-        f"{{top: {{anchor: 'start', direction: width < {PHONE_PLOT_PX} ? 'vertical' : 'horizontal', margin: 6}}, "
-        f"bottom: {{anchor: 'start', direction: width < {PHONE_PLOT_PX} ? 'vertical' : 'horizontal', margin: 6}}}}")}
+    # Several top (bottom) legends go one under the other at any width: each may then use the whole width its
+    # columns are sized for (`_fluid_legend`); side by side the second one ran past the plot's edge, cut off.
+    out.setdefault("config", {}).setdefault("legend", {})["layout"] = {
+        "top": {"anchor": "start", "direction": "vertical", "margin": 6},
+        "bottom": {"anchor": "start", "direction": "vertical", "margin": 6}}
     out["width"] = "container"
     out["autosize"] = {"type": "fit-x", "contains": "padding"}
     out.pop("title", None)
