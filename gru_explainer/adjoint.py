@@ -17,6 +17,7 @@ callers convert.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -307,8 +308,8 @@ def _gru_coefficients(inputs: Tensor, prev: Tensor, params: tuple[Tensor | None,
     a_all = prev.new_empty(seq_len, batch, hidden)
     one = prev.new_ones(())
     for sl in _time_chunks(seq_len, 3 * batch * hidden):
-        gi = linear(inputs[sl], w_ih, b_ih).view(-1, batch, 3, hidden)
-        gh = linear(prev[sl], w_hh, b_hh).view(-1, batch, 3, hidden)
+        gi = _linear(inputs[sl], w_ih, b_ih).view(-1, batch, 3, hidden)
+        gh = _linear(prev[sl], w_hh, b_hh).view(-1, batch, 3, hidden)
         c = coef[sl]
         rz = gi[:, :, :2].add_(gh[:, :, :2]).sigmoid_()
         r, z = rz[:, :, 0], c[:, :, 3].copy_(rz[:, :, 1])  # reset gate; update gate
@@ -335,6 +336,60 @@ def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
         return torch.mm(b.T, a.T).T
     torch.mm(b.T, a.T, out=out.T)
     return out
+
+
+@functools.cache
+def _onednn_linear() -> Callable[..., Tensor] | None:
+    """oneDNN's CPU linear, x [M, K] @ w[N, K]ᵀ (+ bias), when this torch build has it and it agrees with a float64
+    matmul on a small check; else None. (torch.mm goes through MKL, which runs the pass's big products 1.5-2.5x slower
+    on some CPUs, e.g. AMD EPYC, measured at its shapes; the fused nn.LSTM already runs on oneDNN.)"""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._linear_pointwise
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.rand(shape, generator=gen) for shape in ((37, 19), (11, 19), (11,)))
+        expected = x.double() @ w.double().T + b.double()
+        for args in ((x, w, b), (x.T.contiguous().T, w.T.contiguous().T, None)):  # (transposed views too)
+            got = op(args[0], args[1], args[2], "none", [], "")
+            want = expected if args[2] is not None else expected - b.double()
+            if got.shape != want.shape or not torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5):
+                return None
+        return lambda x, w, bias=None: op(x, w, bias, "none", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError):  # not in this build / not supported here
+        return None
+
+
+def _use_onednn(*tensors: Tensor) -> Callable[..., Tensor] | None:
+    """The oneDNN linear for float32 CPU tensors outside autograd (None otherwise: float64 is not oneDNN's)."""
+    grad = torch.is_grad_enabled()
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or (grad and t.requires_grad) for t in tensors):
+        return None
+    return _onednn_linear()
+
+
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [..., K] @ w [N, K]ᵀ (+ bias [N]) -> [..., N]: torch's linear, through oneDNN where `_use_onednn` allows."""
+    op = _use_onednn(x, w) if x.dim() >= 2 else None
+    if op is None:
+        return _mm(x, w.T) if x.dim() == 2 and bias is None else linear(x, w, bias)
+    return op(x.reshape(-1, x.shape[-1]), w, bias).view(*x.shape[:-1], w.shape[0])
+
+
+WEIGHT_GRAD_ONEDNN_MACS = 1 << 23
+"""From this many multiply-adds on, `_weight_grad` goes through oneDNN (below, its fixed cost outweighs the gain:
+an Elman RNN's [3200, 32]ᵀ [3200, 32] ran 1.7x slower there, the GRU's [3200, 96]ᵀ [3200, 32] about even)."""
+
+
+def _weight_grad(d: Tensor, inputs: Tensor) -> Tensor:
+    """dᵀ @ inputs ([M, N]ᵀ [M, K] -> [N, K]): a weight's gradient summed over the M = T·B rows. Through
+    oneDNN as (inputsᵀ d)ᵀ (its fast orientation at these shapes) for large products, except for narrow K (`_mm`'s
+    case)."""
+    large = inputs.shape[1] >= NARROW and d.shape[0] * d.shape[1] * inputs.shape[1] >= WEIGHT_GRAD_ONEDNN_MACS
+    op = _use_onednn(d, inputs) if large else None
+    if op is None:
+        return _mm(d.T, inputs)
+    return op(inputs.T, d.T).T.contiguous()
 
 
 def _mul_blocks(values: Tensor, coef: Tensor, out: Tensor, blocks: int) -> Tensor:
@@ -406,10 +461,14 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
 
         start = _zero_rows(zeros)
     elif kind == "lstm":
-        gates = linear(prev, w_hh, b_hh).view(-1, 4 * hidden)
-        gates.addmm_(inputs.contiguous().view(-1, inputs.shape[-1]), w_ih.T)  # + W_ih x_t (+ b_ih below)
-        if b_ih is not None:
-            gates.add_(b_ih)
+        if _use_onednn(prev, w_hh) is not None:  # one product: [h_{t-1} | x_t] @ [W_hh | W_ih]ᵀ + b_hh + b_ih
+            bias = b_hh if b_ih is None else (b_ih if b_hh is None else b_hh + b_ih)
+            gates = _linear(torch.cat([prev, inputs], dim=-1), torch.cat([w_hh, w_ih], dim=1), bias)
+        else:
+            gates = linear(prev, w_hh, b_hh).view(-1, 4 * hidden)
+            gates.addmm_(inputs.contiguous().view(-1, inputs.shape[-1]), w_ih.T)  # + W_ih x_t (+ b_ih below)
+            if b_ih is not None:
+                gates.add_(b_ih)
         gates = gates.view(seq_len, batch, 4, hidden)
         gates[:, :, :2].sigmoid_()
         gates[:, :, 3].sigmoid_()
@@ -529,8 +588,8 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             bias_gh = bias_gi.clone()
         else:
             bias_gh = flat_gh.sum(0)
-        return (_mm(flat_gi.T, inputs.reshape(-1, inputs.shape[-1])), _mm(flat_gh.T, prev.reshape(-1, hidden)),
-                bias_gi, bias_gh)
+        return (_weight_grad(flat_gi, inputs.reshape(-1, inputs.shape[-1])),
+                _weight_grad(flat_gh, prev.reshape(-1, hidden)), bias_gi, bias_gh)
 
     if kind == "gru":  # ∂h/∂gi equals ∂h/∂gh except the candidate block: a_n, not a_n·r
         input_m = inputs.new_empty(seq_len, batch, w_ih.shape[1])
@@ -540,14 +599,14 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         for sl in chunks:
             d_gi = _mul_blocks(v[sl], coef_hh[sl], scratch[:sl.stop - sl.start], 2)  # r, z; the candidate block:
             torch.mul(v[sl], a_n[sl], out=d_gi[:, :, 2])
-            _mm(d_gi.view(-1, 3 * hidden), w_ih, out=input_m[sl].view(-1, w_ih.shape[1]))
+            input_m[sl].view(-1, w_ih.shape[1]).copy_(_linear(d_gi.view(-1, 3 * hidden), w_ih.T))
         input_grad = Scaled(input_m, exponent)
     elif kind == "lstm":
         d_gates = _lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef)
-        input_grad = Scaled(_mm(d_gates.view(-1, 4 * hidden), w_ih).reshape(seq_len, batch, -1), exponent)
+        input_grad = Scaled(_linear(d_gates.view(-1, 4 * hidden), w_ih.T).reshape(seq_len, batch, -1), exponent)
     else:
-        input_grad = Scaled(_mm((hidden_grad.mantissa * slope).view(-1, hidden), w_ih).reshape(seq_len, batch, -1),
-                            exponent)
+        input_grad = Scaled(_linear((hidden_grad.mantissa * slope).view(-1, hidden), w_ih.T).reshape(seq_len, batch,
+                                                                                                      -1), exponent)
     return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads)
 
 

@@ -317,6 +317,47 @@ def test_mm_equals_a_plain_matmul_in_either_orientation(shape) -> None:
     assert torch.isnan(wide[:, cols:]).all()
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("shape", [(3200, 34, 128), (3200, 128, 2), (3200, 32, 96), (7, 5, 3), (200, 16, 512)])
+def test_linear_and_weight_grad_equal_a_float64_matmul(shape, onednn, monkeypatch) -> None:
+    """The pass's big products (`_linear` x @ wᵀ + b, `_weight_grad` dᵀ @ x) through oneDNN or torch's own: the same
+    numbers as a float64 matmul, for contiguous and transposed operands, with and without a bias."""
+    from gru_explainer import adjoint
+
+    if not onednn:
+        monkeypatch.setattr(adjoint, "_use_onednn", lambda *tensors: None)
+    rows, inner, cols = shape
+    gen = torch.Generator().manual_seed(1)
+    x, w, bias = torch.randn(rows, inner, generator=gen), torch.randn(cols, inner, generator=gen), torch.randn(cols)
+    for x_in, w_in in ((x, w), (x.T.contiguous().T, w.T.contiguous().T)):
+        for b in (bias, None):
+            expected = x.double() @ w.double().T + (b.double() if b is not None else 0)
+            got = adjoint._linear(x_in, w_in, b)
+            assert got.shape == (rows, cols) and torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-4)
+    three_d = adjoint._linear(x.view(rows, 1, inner), w, bias)  # [..., K] inputs keep their leading axes
+    assert three_d.shape == (rows, 1, cols)
+    d = torch.randn(rows, cols, generator=gen)
+    grad = adjoint._weight_grad(d, x)
+    assert grad.shape == (cols, inner)
+    assert torch.allclose(grad.double(), d.double().T @ x.double(), rtol=1e-5, atol=1e-3)
+
+
+def test_onednn_is_used_only_where_it_applies() -> None:
+    """oneDNN's linear is found in this torch build (float32 CPU, outside autograd); float64 and tensors autograd
+    records stay on torch's own matmul, which keeps the product differentiable."""
+    from gru_explainer import adjoint
+
+    a = torch.randn(4, 3)
+    assert adjoint._onednn_linear() is not None and adjoint._use_onednn(a, a) is not None
+    assert adjoint._use_onednn(a.double(), a.double()) is None
+    w = torch.randn(5, 3, requires_grad=True)
+    assert adjoint._use_onednn(a, w) is None
+    adjoint._linear(a, w).sum().backward()
+    assert torch.allclose(w.grad, a.sum(0).expand(5, 3))
+    with torch.no_grad():
+        assert adjoint._use_onednn(a, w) is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tanh_matches_exact_tanh_within_a_few_ulp_and_keeps_special_values(dtype) -> None:
     """`tanh_` (expm1 form on CPU): within 4 ulp of the exact tanh (torch.tanh in float64 for float32 inputs,
