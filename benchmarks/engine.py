@@ -44,6 +44,12 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
 
     `flush[name]` sets torch.set_flush_denormal for that function's calls (the caller's flag); default off.
     """
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, repeats, flush).items()}
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int,
+                      flush: dict[str, bool] | None = None) -> dict[str, list[float]]:
+    """Every round's ms of each function (`interleaved_ms`' timings, round by round: round r of each ran together)."""
     flush = flush or {}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):  # round 0 is the warm-up
@@ -55,7 +61,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
             if round_:
                 times[name].append(elapsed)
     torch.set_flush_denormal(False)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def config(seq_len: int = T) -> ExplainConfig:

@@ -382,14 +382,13 @@ an Elman RNN's [3200, 32]ᵀ [3200, 32] ran 1.7x slower there, the GRU's [3200, 
 
 
 def _weight_grad(d: Tensor, inputs: Tensor) -> Tensor:
-    """dᵀ @ inputs ([M, N]ᵀ [M, K] -> [N, K]): a weight's gradient summed over the M = T·B rows. Through
+    """dᵀ @ inputs ([M, N]ᵀ [M, K] -> [N, K], contiguous): a weight's gradient summed over the M = T·B rows. Through
     oneDNN as (inputsᵀ d)ᵀ (its fast orientation at these shapes) for large products, except for narrow K (`_mm`'s
     case)."""
     large = inputs.shape[1] >= NARROW and d.shape[0] * d.shape[1] * inputs.shape[1] >= WEIGHT_GRAD_ONEDNN_MACS
     op = _use_onednn(d, inputs) if large else None
-    if op is None:
-        return _mm(d.T, inputs)
-    return op(inputs.T, d.T).T.contiguous()
+    product = _mm(d.T, inputs) if op is None else op(inputs.T, d.T).T
+    return product.contiguous()  # (as a parameter is laid out: autograd accumulates into it without a copy)
 
 
 def _mul_blocks(values: Tensor, coef: Tensor, out: Tensor, blocks: int) -> Tensor:

@@ -338,7 +338,7 @@ def test_linear_and_weight_grad_equal_a_float64_matmul(shape, onednn, monkeypatc
     assert three_d.shape == (rows, 1, cols)
     d = torch.randn(rows, cols, generator=gen)
     grad = adjoint._weight_grad(d, x)
-    assert grad.shape == (cols, inner)
+    assert grad.shape == (cols, inner) and grad.is_contiguous()
     assert torch.allclose(grad.double(), d.double().T @ x.double(), rtol=1e-5, atol=1e-3)
 
 

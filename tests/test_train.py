@@ -391,3 +391,22 @@ def test_training_does_not_import_torch_dynamo() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn_tanh"])
+def test_benchmark_floor_snapshot_does_the_real_work(cell: str) -> None:
+    """benchmarks.train's floor (the bare adjoint a snapshot cannot do less than) gives autograd's parameter
+    gradients, so the lower bound it times is a real one."""
+    from benchmarks.train import bare_snapshot
+
+    cfg = TrainConfig(cell=cell, seq_len=30, hidden_size=16, batch_size=8)
+    spec = task_spec(cfg.task, cfg.seq_len)
+    model = build_model(cfg, spec)
+    batch = make_batch(cfg.task, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(0))
+    task_loss(cfg.task, model(batch.x), batch.target).backward()
+    expected = {name: param.grad.clone() for name, param in model.named_parameters()}
+    for param in model.parameters():
+        param.grad = None
+    bare_snapshot(model, cfg, batch)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
