@@ -442,14 +442,16 @@ def train(cfg: TrainConfig, limits: TrainLimits | None = None, progress: Progres
         optimizer.zero_grad()
         if final or step % cfg.snapshot_every == 0:
             loss, output, snap = _snapshot(model, cfg, batch, step)
-            snapshots.append((step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target), snap))
+            record = (step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target))
+            snapshots.append((*record, snap))
             if final:
                 break
         else:
             output = model(batch.x)
             loss = task_loss(cfg.task, output, batch.target)
             loss.backward()
-        history.append((step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target)))
+            record = (step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target))
+        history.append(record)
         if cfg.clip_norm > 0:
             nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         optimizer.step()
