@@ -35,20 +35,28 @@ CONFIGS = {"page default (T=50, H=32, B=64)": TrainConfig(steps=STEPS, snapshot_
                                                         batch_size=32)}
 
 
-def plain_run(cfg: TrainConfig) -> list[tuple[int, float, float]]:
-    """The same training loop as `train` (model, batches, its Adam, clipping, per-step loss and accuracy), no watch."""
+def plain_run(cfg: TrainConfig, snapshot=None) -> list[tuple[int, float, float]]:
+    """The same training loop as `train` (model, batches, its Adam, clipping, per-step loss and accuracy), no watch.
+
+    snapshot(model, cfg, batch) -> (loss, output), when given, replaces the forward+backward at the steps where
+    `train` takes a snapshot, and runs once more after the last update, as `train` does (`floor_run`)."""
     spec = task_spec(cfg.task, cfg.seq_len)
     model = build_model(cfg, spec)
     data = torch.Generator().manual_seed(cfg.seed)
     params = list(model.parameters())
     optimizer = Adam(params, lr=cfg.lr)
     history = []
-    for step in range(cfg.steps):
+    for step in range(cfg.steps + (snapshot is not None)):
         batch = make_batch(cfg.task, cfg.batch_size, cfg.seq_len, data)
         optimizer.zero_grad()
-        output = model(batch.x)
-        loss = task_loss(cfg.task, output, batch.target)
-        loss.backward()
+        if snapshot is not None and (step == cfg.steps or step % cfg.snapshot_every == 0):
+            loss, output = snapshot(model, cfg, batch)
+            if step == cfg.steps:
+                break
+        else:
+            output = model(batch.x)
+            loss = task_loss(cfg.task, output, batch.target)
+            loss.backward()
         history.append((step, float(loss.detach()), task_accuracy(cfg.task, output, batch.target)))
         if cfg.clip_norm > 0:
             nn.utils.clip_grad_norm_(params, cfg.clip_norm)
@@ -115,29 +123,9 @@ def bare_snapshot(model: nn.Module, cfg: TrainConfig, batch) -> tuple[torch.Tens
     return loss, output
 
 
-def floor_run(cfg: TrainConfig) -> None:
+def floor_run(cfg: TrainConfig) -> list[tuple[int, float, float]]:
     """`plain_run` with `bare_snapshot` at the snapshot steps (and one more after the last update), as `train` has."""
-    spec = task_spec(cfg.task, cfg.seq_len)
-    model = build_model(cfg, spec)
-    data = torch.Generator().manual_seed(cfg.seed)
-    params = list(model.parameters())
-    optimizer = Adam(params, lr=cfg.lr)
-    for step in range(cfg.steps + 1):
-        batch = make_batch(cfg.task, cfg.batch_size, cfg.seq_len, data)
-        optimizer.zero_grad()
-        if step == cfg.steps or step % cfg.snapshot_every == 0:
-            loss, output = bare_snapshot(model, cfg, batch)
-            if step == cfg.steps:
-                break
-        else:
-            output = model(batch.x)
-            loss = task_loss(cfg.task, output, batch.target)
-            loss.backward()
-        float(loss.detach())
-        task_accuracy(cfg.task, output, batch.target)
-        if cfg.clip_norm > 0:
-            nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-        optimizer.step()
+    return plain_run(cfg, snapshot=bare_snapshot)
 
 
 FLOOR_CELLS = ("lstm", "rnn_tanh")

@@ -649,8 +649,8 @@ def log10_sum(log10: np.ndarray, axis: int | None = None) -> np.ndarray:
     finite = np.isfinite(top)
     shift = np.where(finite, top, 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        summed = np.log10(np.sum(np.exp((log10 - shift) * LN10), axis=axis, keepdims=True)) + shift  # (exp: 3x
-        # faster than power(10, ·))
+        terms = np.exp((log10 - shift) * LN10)  # 10**(log10 - shift); exp is 3x faster than np.power here
+        summed = np.log10(np.sum(terms, axis=axis, keepdims=True)) + shift
     return np.squeeze(np.where(finite, summed, top), axis=axis)
 
 
