@@ -161,8 +161,12 @@ class LayerAdjoint:
     input_grad: Scaled  # [T, B, I]: dL/d(layer input)_t through this direction (mantissas not renormalised)
     initial_grad: Scaled | None = None  # [B, H] (LSTM [B, 2H]: dh_0 | dc_0): the carry left after the last step,
     # not renormalised
-    param_grads: Callable[[Tensor, Tensor | None], tuple[Tensor | None, ...]] | None = None
-    """(dL/dh_t, dL/dc_t) in the dtype, processing order -> (weight_ih, weight_hh, bias_ih, bias_hh) gradients."""
+    param_grads: Callable[..., tuple[Tensor | None, ...]] | None = None
+    """(dL/dh_t, dL/dc_t) in the dtype, processing order -> (weight_ih, weight_hh, bias_ih, bias_hh) gradients;
+    `gate_values=` the pre-activation gradients in the dtype (`gate_grad.value()`) skips recomputing them."""
+    gate_grad: Scaled | None = None
+    """[T, B, G·H] dL/d(gate pre-activations) (LSTM, RNN: what the weights' gradients are made of) as the lean loop
+    left them, with hidden_grad's exponents; None where the loop did not keep them (packed input, GRU)."""
 
 
 def _zero_rows(zeros: Tensor) -> Scaled:
@@ -448,6 +452,7 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         rows = states.new_empty(seq_len + 1, batch, hidden)  # `_recurse_into`'s buffer, and views of its rows
         row, row_blocks = rows.unbind(0), rows.unsqueeze(2).unbind(0)
         row_views = row
+        gate_rows = None  # (the loop's scratch holds dL/dgh, not dL/dgi: nothing kept)
 
         def step_into(s: int) -> None:  # carry = v·z + (v·∂h/∂gh) @ W_hh, no new tensors
             torch.mul(row_blocks[s + 1], coef_s[s], out=terms)
@@ -503,8 +508,9 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             d_gates = (torch.stack((v_c, v_c, v_c, v_h), dim=1) * coef[s]).view(batch, 4 * hidden)
             return (v_h, v_c), torch.cat([d_gates @ w_hh, v_c * f_s[s]], dim=1)
 
-        d_gates = states.new_empty(batch, 4, hidden)  # the lean loop's scratch row
-        d_gates_flat, d_gates_cell, d_gates_out = d_gates.view(batch, 4 * hidden), d_gates[:, :3], d_gates[:, 3]
+        gate_rows = states.new_empty(seq_len, batch, 4, hidden)  # every step's dL/d(pre-activations), kept
+        d_gates_flat = gate_rows.view(seq_len, batch, 4 * hidden).unbind(0)
+        d_gates_cell, d_gates_out = gate_rows[:, :, :3].unbind(0), gate_rows[:, :, 3].unbind(0)
         coef_cell_s, coef_out_s = coef[:, :, :3].unbind(0), coef[:, :, 3].unbind(0)
         rows = states.new_empty(seq_len + 1, batch, 2 * hidden)  # `_recurse_into`'s buffer, and views of its rows
         h_row, c_row = rows[..., :hidden].unbind(0), rows[..., hidden:].unbind(0)
@@ -514,9 +520,9 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         def step_into(s: int) -> None:  # the row's cell half becomes the total dL/dc_t, in place
             v_h, v_c = h_row[s + 1], c_row[s + 1]
             v_c.addcmul_(v_h, h_to_c_s[s])  # dL/dc_t = carried + through h_t = o·tanh(c_t)
-            torch.mul(c_row_blocks[s + 1], coef_cell_s[s], out=d_gates_cell)
-            torch.mul(v_h, coef_out_s[s], out=d_gates_out)
-            torch.mm(d_gates_flat, w_hh, out=h_row[s])
+            torch.mul(c_row_blocks[s + 1], coef_cell_s[s], out=d_gates_cell[s])
+            torch.mul(v_h, coef_out_s[s], out=d_gates_out[s])
+            torch.mm(d_gates_flat[s], w_hh, out=h_row[s])
             torch.mul(v_c, f_s[s], out=c_row[s])
 
         def gate_grads(v: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:  # gi and gh enter alike
@@ -535,12 +541,13 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         def step(s: int, v: Tensor) -> tuple[Tensor, Tensor]:
             return v, (v * slope_s[s]) @ w_hh
 
-        scratch = states.new_empty(batch, hidden)
+        gate_rows = states.new_empty(seq_len, batch, hidden)  # every step's dL/d(pre-activation), kept
+        gate_row = gate_rows.unbind(0)
         rows = states.new_empty(seq_len + 1, batch, hidden)  # `_recurse_into`'s buffer, and views of its rows
         row = row_views = rows.unbind(0)
 
         def step_into(s: int) -> None:
-            torch.mm(torch.mul(row[s + 1], slope_s[s], out=scratch), w_hh, out=row[s])
+            torch.mm(torch.mul(row[s + 1], slope_s[s], out=gate_row[s]), w_hh, out=row[s])
 
         def gate_grads(v: Tensor, _c: Tensor | None) -> tuple[Tensor, Tensor]:
             d = v * slope
@@ -577,9 +584,14 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
         return layer_adjoint(kind, inputs, states, params, direct_h, final_c, every=1,
                              initial=initial, valid=valid)
     initial_grad = carry  # (not renormalised: `normalize` it before `value()`)
+    # The lean loop's per-step gate gradients: the same products as `gate_grads` of the mantissas (each row's
+    # mantissa was final when its step ran), so the input gradient and the weights' need not redo them.
+    gate_grad = Scaled(gate_rows.view(seq_len, batch, -1), exponent) if stored is None and gate_rows is not None \
+        else None
 
-    def param_grads(h_values: Tensor, c_values: Tensor | None) -> tuple[Tensor | None, ...]:
-        d_gi, d_gh = gate_grads(h_values, c_values)
+    def param_grads(h_values: Tensor, c_values: Tensor | None,
+                    gate_values: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        d_gi, d_gh = gate_grads(h_values, c_values) if gate_values is None else (gate_values, gate_values)
         flat_gi, flat_gh = d_gi.reshape(-1, d_gi.shape[-1]), d_gh.reshape(-1, d_gh.shape[-1])
         bias_gi = flat_gi.sum(0) if b_ih is not None else None
         if b_hh is None:
@@ -601,13 +613,16 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             torch.mul(v[sl], a_n[sl], out=d_gi[:, :, 2])
             input_m[sl].view(-1, w_ih.shape[1]).copy_(_linear(d_gi.view(-1, 3 * hidden), w_ih.T))
         input_grad = Scaled(input_m, exponent)
-    elif kind == "lstm":
-        d_gates = _lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef)
-        input_grad = Scaled(_linear(d_gates.view(-1, 4 * hidden), w_ih.T).reshape(seq_len, batch, -1), exponent)
-    else:
-        input_grad = Scaled(_linear((hidden_grad.mantissa * slope).view(-1, hidden), w_ih.T).reshape(seq_len, batch,
-                                                                                                      -1), exponent)
-    return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads)
+    else:  # LSTM, RNN: the gate gradients enter W_ih as they enter W_hh
+        if gate_grad is not None:
+            d_gates = gate_grad.mantissa
+        elif kind == "lstm":
+            d_gates = _lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef)
+        else:
+            d_gates = hidden_grad.mantissa * slope
+        input_grad = Scaled(_linear(d_gates.reshape(seq_len * batch, -1), w_ih.T).reshape(seq_len, batch, -1),
+                            exponent)
+    return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads, gate_grad)
 
 
 @dataclass
@@ -842,7 +857,10 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     if d == 1:
                         c_v[layer, d].transpose(0, 1).copy_(order(cell_values))
                 if want_params:
-                    param_grads[index] = result.param_grads(values, cell_values)
+                    # From the kept gate gradients in the dtype where nothing was made non-finite (the same
+                    # numbers as from `values` wherever they are normal), else from `values` themselves.
+                    gate_values = result.gate_grad.value() if result.gate_grad is not None and seen is None else None
+                    param_grads[index] = result.param_grads(values, cell_values, gate_values=gate_values)
                 if initial is not None:
                     first = normalize(result.initial_grad.mantissa, result.initial_grad.exponent).value()
                     if seen is not None:

@@ -429,3 +429,54 @@ def test_warm_heap_runs_once_and_leaves_results_alone() -> None:
     assert adjoint._heap_warm
     adjoint.warm_heap()  # a no-op now
     assert torch.equal(explain(cfg).hidden_grad, before)
+
+
+def _unrolled_pre_activation_grads(kind: str, x: torch.Tensor, params: tuple, seed_grad: torch.Tensor):
+    """float64 autograd through an unrolled cell (time-major x [T, B, I]): dL/d(gate pre-activations) per step
+    [T, B, G·H] with L = Σ seed_grad · h_T-1 (the last step's state), and the parameters' gradients."""
+    w_ih, w_hh, b_ih, b_hh = (p.detach().double().requires_grad_(True) for p in params)
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[1]
+    h, c = x.new_zeros(batch, hidden, dtype=torch.float64), x.new_zeros(batch, hidden, dtype=torch.float64)
+    pre_acts = []
+    for s in range(steps):
+        pre = x[s].double() @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        pre.retain_grad()
+        pre_acts.append(pre)
+        if kind == "lstm":
+            i, f, g, o = pre.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            h = torch.tanh(pre)
+    (h * seed_grad.double()).sum().backward()
+    return torch.stack([p.grad for p in pre_acts]), (w_ih.grad, w_hh.grad, b_ih.grad, b_hh.grad)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
+def test_kept_gate_gradients_match_float64_autograd_and_give_the_same_weight_gradients(kind) -> None:
+    from gru_explainer.adjoint import layer_adjoint
+
+    torch.manual_seed(3)
+    steps, batch, inputs, hidden = 12, 3, 4, 5
+    module = torch.nn.LSTM(inputs, hidden) if kind == "lstm" else torch.nn.RNN(inputs, hidden)
+    params = tuple(p.detach() for p in (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                                        module.bias_hh_l0))
+    x = torch.randn(steps, batch, inputs)
+    with torch.no_grad():
+        states, _ = module(x)
+    seed_grad = torch.randn(batch, hidden)
+    direct = torch.zeros(steps, batch, hidden)
+    direct[-1] = seed_grad
+    result = layer_adjoint(kind, x, states, params, Scaled.of(direct), None)
+    expected, expected_params = _unrolled_pre_activation_grads(kind, x, params, seed_grad)
+    assert result.gate_grad is not None and result.gate_grad.mantissa.shape == expected.shape
+    kept = result.gate_grad.value().double()
+    assert float((kept - expected).norm() / expected.norm()) < 1e-5
+    values = result.hidden_grad.value()
+    cells = result.cell_grad.value() if result.cell_grad is not None else None
+    from_kept = result.param_grads(values, cells, gate_values=result.gate_grad.value())
+    recomputed = result.param_grads(values, cells)
+    for kept_grad, recomputed_grad, reference in zip(from_kept, recomputed, expected_params, strict=True):
+        torch.testing.assert_close(kept_grad, recomputed_grad, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(kept_grad.double(), reference, rtol=1e-4, atol=1e-6)
