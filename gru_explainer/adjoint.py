@@ -804,7 +804,7 @@ def adjoint_pass(module: torch.nn.RNNBase, x: Tensor, layer_outputs: list[Tensor
                     read.mantissa[-1], read.exponent[-1] = last.mantissa[0], last.exponent[0]
                 direct_norm["hidden_state"][layer, d] = order(log10_norm_over(read.log10_row_norm(), dim=1))
                 final_c = grads["c_n"][index] if lstm else None
-                if final_c is not None:
+                if final_c is not None and bool(final_c.any()):  # (all zero: the norm stays -inf)
                     c_last = direct_norm["cell_state"][layer, d]
                     c_last[-1 if d == 0 else 0] = log10_norm_over(Scaled.of(final_c).log10_row_norm(), dim=0)
                 states = order(layer_outputs[layer].transpose(0, 1)[..., cols])
