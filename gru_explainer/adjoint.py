@@ -614,12 +614,8 @@ def layer_adjoint(kind: str, inputs: Tensor, states: Tensor, params: tuple[Tenso
             input_m[sl].view(-1, w_ih.shape[1]).copy_(_linear(d_gi.view(-1, 3 * hidden), w_ih.T))
         input_grad = Scaled(input_m, exponent)
     else:  # LSTM, RNN: the gate gradients enter W_ih as they enter W_hh
-        if gate_grad is not None:
-            d_gates = gate_grad.mantissa
-        elif kind == "lstm":
-            d_gates = _lstm_gate_grads(hidden_grad.mantissa, cell_grad.mantissa, coef)
-        else:
-            d_gates = hidden_grad.mantissa * slope
+        d_gates = gate_grad.mantissa if gate_grad is not None else gate_grads(
+            hidden_grad.mantissa, cell_grad.mantissa if cell_grad is not None else None)[0]
         input_grad = Scaled(_linear(d_gates.reshape(seq_len * batch, -1), w_ih.T).reshape(seq_len, batch, -1),
                             exponent)
     return LayerAdjoint(hidden_grad, cell_grad, input_grad, initial_grad, param_grads, gate_grad)

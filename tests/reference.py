@@ -202,3 +202,26 @@ def unrolled_step_grads(module: nn.RNNBase, x: Tensor, loss_fn, h0: Tensor | Non
     if c0 is not None:
         out["c0"] = rest.pop(0)
     return out
+
+
+def unrolled_gate_grads(kind: str, x: Tensor, params: tuple, seed_grad: Tensor) -> tuple[Tensor, tuple]:
+    """float64 autograd through an unrolled cell (time-major x [T, B, I]): dL/d(gate pre-activations) per step
+    [T, B, G·H] with L = Σ seed_grad · h_T-1 (the last step's state), and the parameters' gradients."""
+    w_ih, w_hh, b_ih, b_hh = (p.detach().double().requires_grad_(True) for p in params)
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[1]
+    h, c = x.new_zeros(batch, hidden, dtype=torch.float64), x.new_zeros(batch, hidden, dtype=torch.float64)
+    pre_acts = []
+    for s in range(steps):
+        pre = x[s].double() @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        pre.retain_grad()
+        pre_acts.append(pre)
+        if kind == "lstm":
+            i, f, g, o = pre.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            h = torch.tanh(pre)
+    (h * seed_grad.double()).sum().backward()
+    return torch.stack([p.grad for p in pre_acts]), (w_ih.grad, w_hh.grad, b_ih.grad, b_hh.grad)
+

@@ -16,7 +16,7 @@ from gru_explainer.adjoint import ZERO_ROW, Scaled, add
 from gru_explainer.models import SeedAnswerGRU, answer_as_gru, build
 from gru_explainer.target import parse_target
 
-from .reference import float64_autograd_on
+from .reference import float64_autograd_on, unrolled_gate_grads
 
 LOCAL = Limits.local()
 CPU = torch.device("cpu")
@@ -431,28 +431,6 @@ def test_warm_heap_runs_once_and_leaves_results_alone() -> None:
     assert torch.equal(explain(cfg).hidden_grad, before)
 
 
-def _unrolled_pre_activation_grads(kind: str, x: torch.Tensor, params: tuple, seed_grad: torch.Tensor):
-    """float64 autograd through an unrolled cell (time-major x [T, B, I]): dL/d(gate pre-activations) per step
-    [T, B, G·H] with L = Σ seed_grad · h_T-1 (the last step's state), and the parameters' gradients."""
-    w_ih, w_hh, b_ih, b_hh = (p.detach().double().requires_grad_(True) for p in params)
-    steps, batch, _ = x.shape
-    hidden = w_hh.shape[1]
-    h, c = x.new_zeros(batch, hidden, dtype=torch.float64), x.new_zeros(batch, hidden, dtype=torch.float64)
-    pre_acts = []
-    for s in range(steps):
-        pre = x[s].double() @ w_ih.T + b_ih + h @ w_hh.T + b_hh
-        pre.retain_grad()
-        pre_acts.append(pre)
-        if kind == "lstm":
-            i, f, g, o = pre.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        else:
-            h = torch.tanh(pre)
-    (h * seed_grad.double()).sum().backward()
-    return torch.stack([p.grad for p in pre_acts]), (w_ih.grad, w_hh.grad, b_ih.grad, b_hh.grad)
-
-
 @pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
 def test_kept_gate_gradients_match_float64_autograd_and_give_the_same_weight_gradients(kind) -> None:
     from gru_explainer.adjoint import layer_adjoint
@@ -469,7 +447,7 @@ def test_kept_gate_gradients_match_float64_autograd_and_give_the_same_weight_gra
     direct = torch.zeros(steps, batch, hidden)
     direct[-1] = seed_grad
     result = layer_adjoint(kind, x, states, params, Scaled.of(direct), None)
-    expected, expected_params = _unrolled_pre_activation_grads(kind, x, params, seed_grad)
+    expected, expected_params = unrolled_gate_grads(kind, x, params, seed_grad)
     assert result.gate_grad is not None and result.gate_grad.mantissa.shape == expected.shape
     kept = result.gate_grad.value().double()
     assert float((kept - expected).norm() / expected.norm()) < 1e-5
